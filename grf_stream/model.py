@@ -1,0 +1,377 @@
+"""Gated Recursive Fusion (GRF): modalities fused one after another into one context.
+
+arXiv 2507.02985. Modality m has features X_m of shape (T_m, d_m); d = d_model.
+
+    (1) P_m  = X_m W_m + b_m [+ e_m]                  projection, optional modality embedding
+    (2) P^_m = Dropout(P_m + PE[0:T_m])                sinusoidal positional encoding
+    (3) h_1  = MaskedMean_t(P^_m1)                     the context starts as the pooled first modality
+    for each later modality m_k, k = 2..n (one fusion step, the same block weights every step):
+    (4) s'   = DecA(tgt = h_{k-1}, mem = P^_k)         the context queries the modality
+    (5) m'   = MaskedMean_t(DecB(tgt = P^_k, mem = h_{k-1}))   the modality queries the context
+    (6) z_k  = sigmoid(W_z [s'; m'] + b_z)             update gate of the Gated Fusion Unit (GFU)
+    (7) h~_k = tanh(W_h [s'; m'] + b_h)                candidate
+    (8) h_k  = LayerNorm(Dropout((1 - z_k) * s' + z_k * h~_k))
+    (9) y_k  = Head(h_k)                               a prediction after every step
+
+DecA and DecB are stacks of post-norm Transformer decoder layers. Padding (mask False) is masked
+in every attention and every mean, so padding a sequence further never changes an output.
+
+A context is a set of state tokens: one token (B, d) by default. The reproduction mode of the
+authors' released code (`init: sequence`) starts from the whole first-modality sequence
+(B, T, d) with its mask; every fusion step then pools the state back to one token.
+
+`fuse_step` is the primitive and `forward` is a loop over it, so streaming and training run the
+same code. Variants are chosen in `__init__` by building different sub-modules.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch import Tensor
+
+INIT_MODES = ("pooled", "sequence")
+
+
+@dataclass
+class GRFConfig:
+    """Architecture of a GRF model; a checkpoint stores it next to the weights."""
+
+    modalities: dict[str, int] = field(default_factory=lambda: {"text": 300, "audio": 5, "vision": 20})
+    """Modality name -> feature size d_m."""
+    d_model: int = 64
+    """Width d of the context and of every projected modality."""
+    num_layers: int = 4
+    """Decoder layers in each of DecA and DecB."""
+    num_heads: int = 4
+    """Attention heads; must divide d_model."""
+    d_ffn: int = 256
+    """Hidden width of the decoder feed-forward layers."""
+    dropout: float = 0.2
+    """Dropout in (2), (8), the decoder layers and the head."""
+    share_block: bool = True
+    """One fusion block for every step (GRF); False = one block per fused modality (released code)."""
+    init: str = "pooled"
+    """First state: 'pooled' mean of the first modality (3), or its whole 'sequence' (released code)."""
+    modality_embedding: bool = True
+    """Add a learned e_m in (1) so the shared block knows what it is fusing (any-order fusion)."""
+    order: list[str] | None = None
+    """Default fusion order; None = the order of `modalities`."""
+    aux_head: bool = False
+    """A second head reads h_2, the state after the first fusion step (the released code's auxiliary loss)."""
+    max_len: int = 10_000
+    """Longest sequence a modality may have (positional-encoding table size)."""
+
+    def __post_init__(self) -> None:
+        if not self.modalities:
+            raise ValueError("modalities is empty: give at least one, e.g. {'text': 300}")
+        for name, size in self.modalities.items():
+            if not isinstance(size, int) or size <= 0:
+                raise ValueError(f"modalities.{name}: feature size {size!r} must be a positive int")
+        if self.d_model <= 0 or self.d_model % 2:
+            raise ValueError(f"d_model={self.d_model} must be a positive even number")
+        if self.num_heads <= 0 or self.d_model % self.num_heads:
+            raise ValueError(f"num_heads={self.num_heads} must divide d_model={self.d_model}")
+        if self.num_layers <= 0 or self.d_ffn <= 0:
+            raise ValueError(f"num_layers={self.num_layers} and d_ffn={self.d_ffn} must be positive")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
+        if self.init not in INIT_MODES:
+            raise ValueError(f"init={self.init!r} is not one of {INIT_MODES}")
+        self.order = list(self.order) if self.order is not None else list(self.modalities)
+        if sorted(self.order) != sorted(self.modalities):
+            raise ValueError(f"order {self.order} must list each of {list(self.modalities)} exactly once")
+        if self.aux_head and len(self.order) < 2:
+            raise ValueError("aux_head reads the state after the first fusion step: it needs two modalities")
+
+
+@dataclass
+class GRFOutput:
+    """Everything one pass produces; n = number of modalities fused."""
+
+    prediction: Tensor  # (B,) y_n, after the last step
+    step_predictions: Tensor  # (B, n) y_k after each modality in fusion order; y_1 reads h_1
+    contexts: Tensor  # (B, n, d) h_k after each modality (h_1 pooled in `init: sequence` mode)
+    gates: Tensor  # (B, n-1, d) update gate z_k of each fusion step
+    aux_prediction: Tensor | None = None  # (B,) the auxiliary head on h_2, when configured
+
+
+# ---------------------------------------------------------------------------------------------
+# helpers
+
+
+def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
+    """Mean over time of the real steps: x (B, T, d), mask (B, T) -> (B, d); 0 where none is real."""
+    weights = mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
+    total = (x * weights).sum(dim=1)  # (B, d)
+    return total / weights.sum(dim=1).clamp(min=1.0)
+
+
+def sinusoidal_table(length: int, d: int) -> Tensor:
+    """The Transformer's sinusoidal positional encoding, (length, d)."""
+    position = torch.arange(length, dtype=torch.float32).unsqueeze(1)  # (L, 1)
+    inv_freq = torch.exp(torch.arange(0, d, 2, dtype=torch.float32) * (-math.log(10000.0) / d))
+    table = torch.zeros(length, d)
+    table[:, 0::2] = torch.sin(position * inv_freq)
+    table[:, 1::2] = torch.cos(position * inv_freq)
+    return table
+
+
+def attendable(mask: Tensor) -> Tensor:
+    """Key mask that attention can use: a row with no real step gets one, so softmax stays finite.
+
+    Those samples' results are discarded by the caller (their context is left unchanged).
+    """
+    empty = ~mask.any(dim=1, keepdim=True)  # (B, 1)
+    first = torch.zeros_like(mask)
+    first[:, 0] = True
+    return mask | (empty & first)
+
+
+def decoder_stack(config: GRFConfig) -> nn.TransformerDecoder:
+    """L post-norm decoder layers: self-attention, cross-attention, GELU feed-forward."""
+    layer = nn.TransformerDecoderLayer(
+        d_model=config.d_model,
+        nhead=config.num_heads,
+        dim_feedforward=config.d_ffn,
+        dropout=config.dropout,
+        activation="gelu",
+        batch_first=True,
+    )
+    # enable_nested_tensor does not exist for decoders; each layer is deep-copied (own weights).
+    return nn.TransformerDecoder(layer, num_layers=config.num_layers)
+
+
+# ---------------------------------------------------------------------------------------------
+# blocks
+
+
+class ModalityEncoder(nn.Module):
+    """Equations (1)-(2): project one modality to d, mark it, add positions."""
+
+    def __init__(self, d_in: int, config: GRFConfig):
+        super().__init__()
+        self.proj = nn.Linear(d_in, config.d_model)
+        # Small random start so modalities differ from the first step; None when disabled.
+        self.embedding = (
+            nn.Parameter(0.02 * torch.randn(config.d_model)) if config.modality_embedding else None
+        )
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, x: Tensor, positions: Tensor) -> Tensor:
+        p = self.proj(x)  # (1) (B, T, d)
+        if self.embedding is not None:
+            p = p + self.embedding  # (1) + e_m
+        return self.dropout(p + positions)  # (2) (B, T, d)
+
+
+class GatedFusionUnit(nn.Module):
+    """Equations (6)-(8): a GRU-like gate between the attended state s' and the new evidence m'."""
+
+    def __init__(self, config: GRFConfig):
+        super().__init__()
+        self.gate = nn.Linear(2 * config.d_model, config.d_model)
+        self.candidate = nn.Linear(2 * config.d_model, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+        self.norm = nn.LayerNorm(config.d_model)
+
+    def forward(self, s: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        sm = torch.cat([s, m], dim=-1)  # (B, 2d)
+        z = torch.sigmoid(self.gate(sm))  # (6) update gate (B, d)
+        candidate = torch.tanh(self.candidate(sm))  # (7) candidate (B, d)
+        h = self.norm(self.dropout((1 - z) * s + z * candidate))  # (8) (B, d)
+        return h, z
+
+
+class FusionBlock(nn.Module):
+    """Equations (4)-(8): one fusion step, state tokens (B, S, d) + modality (B, T, d) -> (B, d)."""
+
+    def __init__(self, config: GRFConfig):
+        super().__init__()
+        self.dec_a = decoder_stack(config)
+        self.dec_b = decoder_stack(config)
+        self.gfu = GatedFusionUnit(config)
+
+    def forward(self, state: Tensor, state_mask: Tensor, p: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        state_pad, pad = ~state_mask, ~attendable(mask)
+        s = self.dec_a(state, p, tgt_key_padding_mask=state_pad, memory_key_padding_mask=pad)  # (4)
+        s = masked_mean(s, state_mask)  # (B, d); a no-op for the one-token context
+        m = self.dec_b(p, state, tgt_key_padding_mask=pad, memory_key_padding_mask=state_pad)  # (5)
+        m = masked_mean(m, mask)  # (5) (B, d)
+        return self.gfu(s, m)  # (6)-(8)
+
+
+class SharedFusion(nn.Module):
+    """GRF: ONE fusion block, the same weights at every step, in any order."""
+
+    def __init__(self, config: GRFConfig):
+        super().__init__()
+        self.block = FusionBlock(config)
+
+    def forward(self, state, state_mask, p, mask, modality: str) -> tuple[Tensor, Tensor]:
+        return self.block(state, state_mask, p, mask)
+
+
+class PerModalityFusion(nn.Module):
+    """The released code: one block per fusion step, i.e. per modality of the fixed order."""
+
+    def __init__(self, config: GRFConfig):
+        super().__init__()
+        self.blocks = nn.ModuleDict({name: FusionBlock(config) for name in config.order[1:]})
+
+    def forward(self, state, state_mask, p, mask, modality: str) -> tuple[Tensor, Tensor]:
+        if modality not in self.blocks:
+            raise ValueError(
+                f"share_block=False has fusion blocks for {list(self.blocks)} only (the fixed order "
+                f"after its first modality); cannot fuse {modality!r} as a later step"
+            )
+        return self.blocks[modality](state, state_mask, p, mask)
+
+
+class PooledStart(nn.Module):
+    """(3): the context starts as the masked mean of the first modality, one token."""
+
+    def forward(self, p: Tensor, mask: Tensor) -> Tensor:
+        return masked_mean(p, mask)  # (3) (B, d)
+
+
+class SequenceStart(nn.Module):
+    """The released code: the whole first-modality sequence is the first state."""
+
+    def forward(self, p: Tensor, mask: Tensor) -> Tensor:
+        return p  # (B, T, d); its mask travels with it as `context_mask`
+
+
+class Head(nn.Module):
+    """(9): the released code's regression head, d -> d/2 -> 1."""
+
+    def __init__(self, config: GRFConfig):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Linear(config.d_model, config.d_model // 2),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
+            nn.Linear(config.d_model // 2, 1),
+        )
+
+    def forward(self, h: Tensor) -> Tensor:
+        return self.net(h).squeeze(-1)  # (9) (B,)
+
+
+# ---------------------------------------------------------------------------------------------
+# the model
+
+
+class GRF(nn.Module):
+    """Gated Recursive Fusion over any number of modalities; see the module docstring."""
+
+    def __init__(self, config: GRFConfig):
+        super().__init__()
+        self.config = config
+        self.encoders = nn.ModuleDict({m: ModalityEncoder(d, config) for m, d in config.modalities.items()})
+        self.start = PooledStart() if config.init == "pooled" else SequenceStart()
+        self.fusion = SharedFusion(config) if config.share_block else PerModalityFusion(config)
+        self.head = Head(config)
+        self.aux_head = Head(config) if config.aux_head else None
+        # Not persistent: it is derived, so checkpoints hold only learned weights.
+        self.register_buffer("positions", sinusoidal_table(config.max_len, config.d_model), persistent=False)
+
+    # -- the streaming primitives -------------------------------------------------------------
+
+    def encode(self, x: Tensor, modality: str) -> Tensor:
+        """(1)-(2) for one modality: (B, T, d_m) -> (B, T, d)."""
+        self._check_features(x, modality)
+        return self.encoders[modality](x, self.positions[: x.shape[1]])
+
+    def init_context(self, x: Tensor, mask: Tensor | None, modality: str) -> Tensor:
+        """(1)-(3): the first modality becomes the context, (B, d) (or (B, T, d) in sequence mode)."""
+        return self.start(self.encode(x, modality), self._mask(x, mask))
+
+    def fuse_step(
+        self, context: Tensor, x: Tensor, mask: Tensor | None, modality: str, context_mask: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """(4)-(8): fuse one modality window into the context -> (new context (B, d), gate z (B, d)).
+
+        A sample whose window has no real step keeps its context, and its gate is 0.
+        """
+        mask = self._mask(x, mask)
+        state, state_mask = self._state_tokens(context, context_mask)
+        h, z = self.fusion(state, state_mask, self.encode(x, modality), mask, modality)
+        has_data = mask.any(dim=1, keepdim=True)  # (B, 1)
+        previous = masked_mean(state, state_mask)  # (B, d)
+        return torch.where(has_data, h, previous), torch.where(has_data, z, torch.zeros_like(z))
+
+    def predict(self, context: Tensor, context_mask: Tensor | None = None) -> Tensor:
+        """(9): the sentiment read from a context, (B,)."""
+        state, state_mask = self._state_tokens(context, context_mask)
+        return self.head(masked_mean(state, state_mask))
+
+    # -- the whole pass ----------------------------------------------------------------------
+
+    def forward(
+        self,
+        features: dict[str, Tensor],
+        masks: dict[str, Tensor] | None = None,
+        order: list[str] | None = None,
+    ) -> GRFOutput:
+        """Fuse the modalities present in `features` in `order` (default: config.order)."""
+        masks = masks or {}
+        steps = self._steps(features, order)
+        first = steps[0]
+        context = self.init_context(features[first], masks.get(first), first)
+        # Only a sequence-mode context (B, T, d) has padding of its own to mask.
+        context_mask = self._mask(features[first], masks.get(first)) if context.dim() == 3 else None
+        contexts, gates = [masked_mean(*self._state_tokens(context, context_mask))], []
+        for modality in steps[1:]:
+            context, gate = self.fuse_step(context, features[modality], masks.get(modality), modality, context_mask)
+            context_mask = None  # after a fusion step the context is one token
+            contexts.append(context)
+            gates.append(gate)
+        contexts = torch.stack(contexts, dim=1)  # (B, n, d)
+        step_predictions = self.head(contexts)  # (9) (B, n)
+        aux = self.aux_head(contexts[:, 1]) if self.aux_head is not None else None
+        batch, d = contexts.shape[0], contexts.shape[-1]
+        gates = torch.stack(gates, dim=1) if gates else contexts.new_zeros(batch, 0, d)  # (B, n-1, d)
+        return GRFOutput(step_predictions[:, -1], step_predictions, contexts, gates, aux)
+
+    # -- checks and plumbing -----------------------------------------------------------------
+
+    def _steps(self, features: dict[str, Tensor], order: list[str] | None) -> list[str]:
+        order = list(order) if order is not None else self.config.order
+        unknown = [m for m in [*features, *order] if m not in self.config.modalities]
+        if unknown:
+            raise ValueError(f"unknown modality {unknown[0]!r}: this model fuses {list(self.config.modalities)}")
+        if len(set(order)) != len(order):
+            raise ValueError(f"order {order} names a modality twice")
+        steps = [m for m in order if m in features]
+        if not steps:
+            raise ValueError(f"no modality of the order {order} is in features {list(features)}")
+        return steps
+
+    def _check_features(self, x: Tensor, modality: str) -> None:
+        if modality not in self.config.modalities:
+            raise ValueError(f"unknown modality {modality!r}: this model fuses {list(self.config.modalities)}")
+        expected = self.config.modalities[modality]
+        if x.dim() != 3 or x.shape[-1] != expected:
+            raise ValueError(f"{modality} features have shape {tuple(x.shape)}: expected (B, T, {expected})")
+        if not 1 <= x.shape[1] <= self.config.max_len:
+            raise ValueError(f"{modality} has {x.shape[1]} steps: send 1 to max_len={self.config.max_len}")
+
+    @staticmethod
+    def _mask(x: Tensor, mask: Tensor | None) -> Tensor:
+        if mask is None:
+            return torch.ones(x.shape[:2], dtype=torch.bool, device=x.device)
+        if mask.shape != x.shape[:2] or mask.dtype != torch.bool:
+            raise ValueError(f"mask {tuple(mask.shape)} {mask.dtype}: expected bool {tuple(x.shape[:2])}")
+        return mask
+
+    @staticmethod
+    def _state_tokens(context: Tensor, context_mask: Tensor | None) -> tuple[Tensor, Tensor]:
+        """A context as state tokens (B, S, d) with their mask: a (B, d) context is one token."""
+        tokens = context.unsqueeze(1) if context.dim() == 2 else context
+        mask = context_mask if context_mask is not None else tokens.new_ones(tokens.shape[:2], dtype=torch.bool)
+        return tokens, mask

@@ -1,0 +1,262 @@
+"""The GRF model: equations, masking, streaming equivalence, variants, pinned numerics."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch.testing import assert_close
+
+from grf_stream.config import load_config
+from grf_stream.model import GRF, FusionBlock, GRFConfig
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "model"
+SIZES = {"text": 300, "audio": 5, "vision": 20}
+LENGTHS = {"text": 50, "audio": 37, "vision": 23}
+
+
+def make_model(seed: int = 0, **overrides) -> GRF:
+    torch.manual_seed(seed)
+    config = GRFConfig(**{"modalities": dict(SIZES), **overrides})
+    return GRF(config).eval()
+
+
+def make_inputs(sizes=SIZES, lengths=LENGTHS, batch=3, seed=1):
+    """Random features with a different number of real steps per sample (the rest masked)."""
+    g = torch.Generator().manual_seed(seed)
+    features, masks = {}, {}
+    for name, size in sizes.items():
+        t = lengths[name]
+        features[name] = torch.randn(batch, t, size, generator=g)
+        real = torch.randint(1, t + 1, (batch,), generator=g)
+        real[0] = t  # one sample uses every step
+        masks[name] = torch.arange(t)[None, :] < real[:, None]
+    return features, masks
+
+
+def pad(features, masks, extra: int, seed=2):
+    """Append `extra` masked steps of garbage to every modality."""
+    g = torch.Generator().manual_seed(seed)
+    padded_f, padded_m = {}, {}
+    for name, x in features.items():
+        b, _, d = x.shape
+        padded_f[name] = torch.cat([x, 100 * torch.randn(b, extra, d, generator=g)], dim=1)
+        padded_m[name] = torch.cat([masks[name], torch.zeros(b, extra, dtype=torch.bool)], dim=1)
+    return padded_f, padded_m
+
+
+def stream(model: GRF, features, masks, order):
+    """Feed one modality at a time through the streaming primitives, as a session does."""
+    first, *rest = order
+    context = model.init_context(features[first], masks[first], first)
+    context_mask = masks[first] if model.config.init == "sequence" else None
+    predictions = [model.predict(context, context_mask)]
+    gates = []
+    for name in rest:
+        context, gate = model.fuse_step(context, features[name], masks[name], name, context_mask)
+        context_mask = None
+        predictions.append(model.predict(context))
+        gates.append(gate)
+    return torch.stack(predictions, dim=1), torch.stack(gates, dim=1), context
+
+
+RELEASED = dict(share_block=False, init="sequence", modality_embedding=False, aux_head=True)
+
+
+# -- the released code's size ----------------------------------------------------------------
+
+
+def test_reproduction_mode_has_the_released_parameter_count():
+    config = load_config(GRFConfig, CONFIGS / "grf_released.yaml")
+    assert sum(p.numel() for p in GRF(config).parameters()) == 1_126_530
+
+
+def test_shared_block_is_one_block_whose_size_does_not_grow_with_modalities():
+    def count(n):
+        model = GRF(GRFConfig(modalities={f"m{i}": 32 for i in range(n)}))
+        blocks = [m for m in model.modules() if isinstance(m, FusionBlock)]
+        assert blocks == [model.fusion.block]
+        return sum(p.numel() for p in model.parameters())
+
+    per_modality = 32 * 64 + 64 + 64  # projection weight, bias, modality embedding
+    assert count(16) - count(2) == 14 * per_modality
+
+
+# -- shapes and any number of modalities -------------------------------------------------------
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 16])
+def test_any_number_of_modalities_with_their_own_sizes_and_lengths(n):
+    sizes = {f"m{i}": 3 + 7 * i for i in range(n)}
+    lengths = {f"m{i}": 2 + 3 * i for i in range(n)}
+    model = GRF(GRFConfig(modalities=sizes, d_model=32, num_layers=1, num_heads=2, d_ffn=64)).eval()
+    out = model(*make_inputs(sizes, lengths, batch=4))
+    assert out.prediction.shape == (4,)
+    assert out.step_predictions.shape == (4, n)
+    assert out.contexts.shape == (4, n, 32)
+    assert out.gates.shape == (4, n - 1, 32)
+    assert torch.isfinite(out.step_predictions).all()
+    assert ((out.gates >= 0) & (out.gates <= 1)).all()
+    assert_close(out.prediction, out.step_predictions[:, -1])
+
+
+# -- masking -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("variant", [{}, RELEASED], ids=["grf", "released"])
+def test_padding_further_never_changes_any_output(variant):
+    model = make_model(**variant)
+    features, masks = make_inputs()
+    out = model(features, masks)
+    padded = model(*pad(features, masks, extra=17))
+    assert_close(padded.step_predictions, out.step_predictions)
+    assert_close(padded.contexts, out.contexts)
+    assert_close(padded.gates, out.gates)
+
+
+def test_a_sample_without_data_for_a_modality_keeps_its_context():
+    model = make_model()
+    features, masks = make_inputs()
+    masks["audio"][1] = False  # sample 1 has no audio at all
+    out = model(features, masks)
+    assert torch.isfinite(out.contexts).all()
+    assert_close(out.contexts[1, 1], out.contexts[1, 0])  # the audio step changed nothing
+    assert (out.gates[1, 0] == 0).all()
+    alone = model({k: v[:1] for k, v in features.items()}, {k: v[:1] for k, v in masks.items()})
+    assert_close(alone.step_predictions, out.step_predictions[:1])  # the others are unaffected
+
+
+def test_masks_default_to_all_real():
+    model = make_model()
+    features, _ = make_inputs()
+    full = {k: torch.ones(x.shape[:2], dtype=torch.bool) for k, x in features.items()}
+    assert_close(model(features).step_predictions, model(features, full).step_predictions)
+
+
+# -- streaming equals the whole pass -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("order", [["text", "audio", "vision"], ["vision", "text", "audio"]])
+def test_streaming_one_step_at_a_time_equals_forward(order):
+    model = make_model()
+    features, masks = make_inputs()
+    out = model(features, masks, order=order)
+    predictions, gates, context = stream(model, features, masks, order)
+    assert_close(predictions, out.step_predictions)
+    assert_close(gates, out.gates)
+    assert_close(context, out.contexts[:, -1])
+
+
+def test_streaming_equals_forward_in_reproduction_mode():
+    model = make_model(order=["text", "vision", "audio"], **RELEASED)
+    features, masks = make_inputs()
+    out = model(features, masks)
+    predictions, gates, _ = stream(model, features, masks, ["text", "vision", "audio"])
+    assert_close(predictions, out.step_predictions)
+    assert_close(gates, out.gates)
+
+
+def test_missing_modalities_are_skipped():
+    model = make_model()
+    features, masks = make_inputs()
+    without_audio = {k: v for k, v in features.items() if k != "audio"}
+    out = model(without_audio, masks)
+    predictions, _, _ = stream(model, features, masks, ["text", "vision"])
+    assert out.step_predictions.shape == (3, 2)
+    assert_close(out.step_predictions, predictions)
+
+
+def test_fusion_order_matters_and_defaults_to_the_config():
+    model = make_model()
+    features, masks = make_inputs()
+    default = model(features, masks).prediction
+    assert_close(default, model(features, masks, order=["text", "audio", "vision"]).prediction)
+    assert not torch.allclose(default, model(features, masks, order=["audio", "vision", "text"]).prediction)
+
+
+# -- variants ----------------------------------------------------------------------------------
+
+
+def test_aux_head_reads_the_state_after_the_first_fusion_step():
+    model = make_model(**RELEASED)
+    features, masks = make_inputs()
+    out = model(features, masks)
+    assert_close(out.aux_prediction, model.aux_head(out.contexts[:, 1]))
+    assert make_model()(features, masks).aux_prediction is None
+
+
+def test_per_step_blocks_refuse_a_modality_outside_their_fixed_order():
+    model = make_model(order=["text", "vision", "audio"], **RELEASED)
+    features, masks = make_inputs()
+    with pytest.raises(ValueError, match="cannot fuse 'text' as a later step"):
+        model(features, masks, order=["audio", "text", "vision"])
+
+
+def test_every_parameter_learns():
+    model = make_model(**RELEASED).train()
+    out = model(*make_inputs())
+    (out.prediction.sum() + out.aux_prediction.sum()).backward()
+    silent = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not silent
+
+
+def test_dropout_acts_in_training_only():
+    model = make_model()
+    features, masks = make_inputs()
+    assert_close(model(features, masks).prediction, model(features, masks).prediction)
+    model.train()
+    assert not torch.equal(model(features, masks).prediction, model(features, masks).prediction)
+
+
+# -- errors ------------------------------------------------------------------------------------
+
+
+def test_clear_errors_for_bad_inputs():
+    model = make_model()
+    features, masks = make_inputs()
+    with pytest.raises(ValueError, match=r"audio features have shape \(3, 37, 6\): expected \(B, T, 5\)"):
+        model({**features, "audio": torch.randn(3, 37, 6)})
+    with pytest.raises(ValueError, match="unknown modality 'speech'"):
+        model({**features, "speech": torch.randn(3, 4, 5)})
+    with pytest.raises(ValueError, match="expected bool"):
+        model(features, {**masks, "text": masks["text"].float()})
+    with pytest.raises(ValueError, match="names a modality twice"):
+        model(features, masks, order=["text", "text", "audio"])
+
+
+def test_config_rejects_bad_values():
+    with pytest.raises(ValueError, match="num_heads=5 must divide d_model=64"):
+        GRFConfig(num_heads=5)
+    with pytest.raises(ValueError, match="init='mean'"):
+        GRFConfig(init="mean")
+    with pytest.raises(ValueError, match="must list each of"):
+        GRFConfig(order=["text", "audio"])
+
+
+# -- pinned numerics and checkpoint keys ---------------------------------------------------------
+
+# Recorded with torch 2.13.0 on CPU, float32. A change here changes what every checkpoint computes:
+# update these only on purpose, and say why in the commit.
+GOLDEN_STEP_PREDICTIONS = {
+    "grf": [[0.175887, 0.120117, 0.354463], [0.183924, 0.299063, 0.38524], [0.255667, 0.257304, 0.527024]],
+    "released": [
+        [-0.196751, -0.661389, -0.581254],
+        [-0.151882, -0.492802, -0.730337],
+        [-0.161674, -0.48263, -0.63409],
+    ],
+}
+
+
+@pytest.mark.parametrize("name,variant", [("grf", {}), ("released", RELEASED)])
+def test_golden_values_under_a_fixed_seed(name, variant):
+    out = make_model(seed=0, **variant)(*make_inputs())
+    expected = torch.tensor(GOLDEN_STEP_PREDICTIONS[name])
+    assert_close(out.step_predictions, expected, atol=1e-5, rtol=1e-4)
+
+
+STATE_DICT_KEYS = Path(__file__).with_name("golden_grf_state_dict_keys.txt")
+
+
+def test_state_dict_keys_are_pinned():
+    """The trainer-to-serve contract: renaming a module breaks every saved checkpoint."""
+    keys = [k for variant in ({}, RELEASED) for k in make_model(**variant).state_dict()]
+    assert keys == STATE_DICT_KEYS.read_text().split()
