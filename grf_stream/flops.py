@@ -7,6 +7,7 @@ which the tests check them against.
 
 from __future__ import annotations
 
+from grf_stream.baselines.mult import MulTConfig
 from grf_stream.model import GRFConfig
 
 
@@ -43,3 +44,21 @@ def grf_flops(config: GRFConfig, lengths: dict[str, int]) -> int:
         state = 1
     head = linear_flops(1, d, d // 2) + linear_flops(1, d // 2, 1)
     return total + len(order) * head  # (9) a prediction after every step
+
+
+def mult_flops(config: MulTConfig, lengths: dict[str, int]) -> int:
+    """FLOPs of `MulT.forward` on one sample: n(n-1) crossmodal and n mem transformers, the head."""
+    d, n = config.d_model, len(config.modalities)
+    mem_width = (n - 1) * d
+
+    def layer(t_query: int, t_key: int, width: int) -> int:  # pre-norm block, FFN of 4 x width
+        return attention_flops(t_query, t_key, width) + feed_forward_flops(t_query, width, 4 * width)
+
+    # Conv1d(kernel 1) projections; a modality already d wide is used as is.
+    total = sum(linear_flops(lengths[m], size, d) for m, size in config.modalities.items() if size != d)
+    for target in config.modalities:
+        t = lengths[target]
+        total += sum(config.num_layers * layer(t, lengths[s], d) for s in config.modalities if s != target)
+        total += config.mem_layers * layer(t, t, mem_width)  # the target's self-attention "mem"
+    combined = n * mem_width
+    return total + 2 * linear_flops(1, combined, combined) + linear_flops(1, combined, 1)  # residual head

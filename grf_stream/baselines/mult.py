@@ -21,7 +21,7 @@ and vision):
 
 Parameters and compute therefore grow as O(n^2) in the number of modalities
 (the mem transformers even as O(n^3) in parameters, because their width grows
-with n); :func:`mult_flops` gives the forward cost.
+with n); `grf_stream.flops.mult_flops` gives the forward cost.
 
 The layers follow the official code: pre-LayerNorm residual blocks
 (cross-attention, then a ReLU FFN of width 4d), the input scaled by sqrt(width)
@@ -50,7 +50,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["MulTConfig", "MulTOutput", "MulT", "mult_flops"]
+__all__ = ["MulTConfig", "MulTOutput", "MulT"]
 
 
 @dataclass
@@ -278,34 +278,3 @@ def _last_real_step(h: Tensor, mask: Tensor) -> Tensor:
     steps = torch.arange(h.shape[1], device=h.device)
     last = torch.where(mask, steps, -1).amax(dim=1)  # (B,) index of the last real step
     return h[torch.arange(h.shape[0], device=h.device), last]
-
-
-def mult_flops(config: MulTConfig, lengths: dict[str, int]) -> int:
-    """Analytic forward FLOPs (2 per multiply-add) of :class:`MulT` for one sample.
-
-    Counts the matmuls only: input projections, attention Q/K/V/output
-    projections, QK^T, attention-times-V, the FFNs and the head. LayerNorms,
-    softmax, biases, activations and dropout are ignored (O(T*d), negligible).
-    The mem transformers are counted over all steps, as they are computed.
-    """
-    missing = [m for m in config.modalities if m not in lengths]
-    if missing:
-        raise ValueError(f"lengths is missing modalities {missing}; give a length for every modality")
-    d, n = config.d_model, len(config.modalities)
-
-    def attention_layer(t_q: int, t_k: int, width: int) -> int:
-        proj = 2 * width * width * (2 * t_q + 2 * t_k)  # Q and output on t_q steps; K and V on t_k
-        scores = 2 * 2 * t_q * t_k * width  # QK^T and weights @ V (all heads together)
-        ffn = 2 * 2 * t_q * width * 4 * width  # fc1 (width -> 4*width) and fc2 back
-        return proj + scores + ffn
-
-    flops = sum(2 * lengths[m] * size * d for m, size in config.modalities.items() if size != d)
-    for t in config.modalities:
-        t_len = lengths[t]
-        for s in config.modalities:
-            if s != t:  # crossmodal s -> t: n(n-1) of these
-                flops += config.num_layers * attention_layer(t_len, lengths[s], d)
-        flops += config.mem_layers * attention_layer(t_len, t_len, (n - 1) * d)  # mem self-attention
-    combined = n * (n - 1) * d
-    flops += 2 * (2 * combined * combined + combined)  # proj1, proj2, out_layer
-    return flops

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from grf_stream.baselines.mult import MulT, MulTConfig, TransformerEncoder, mult_flops
+from grf_stream.baselines.mult import MulT, MulTConfig, TransformerEncoder
 
 MOSI = {"text": 300, "audio": 74, "vision": 35}
 
@@ -151,23 +151,3 @@ def test_bad_config_raises(kwargs, match):
     kwargs = {"modalities": dict(MOSI), **kwargs}
     with pytest.raises(ValueError, match=match):
         MulTConfig(**kwargs)
-
-
-def test_flops_grow_quadratically_with_modalities():
-    def flops(n):
-        config = MulTConfig(modalities={f"m{i}": 32 for i in range(n)}, d_model=64, num_heads=4)
-        return mult_flops(config, {f"m{i}": 50 for i in range(n)})
-
-    assert flops(8) / flops(4) > 3
-    assert flops(3) > flops(2) > 0
-
-
-def test_flops_match_hand_count_for_two_modalities():
-    # n = 2, d = 4, 1 crossmodal layer, mem max(1, 3) = 3 layers of width 4, T = 2 everywhere.
-    config = MulTConfig(modalities={"a": 3, "b": 4}, d_model=4, num_layers=1, num_heads=2)
-    # Projection of a only (b already has width 4): 2*2*3*4 = 48.
-    # One attention layer, w = 4, T = 2: proj 2*16*(4+4) = 256, scores 4*2*2*4 = 64, ffn 4*2*4*16 = 512.
-    layer = 256 + 64 + 512
-    head = 2 * (2 * 8 * 8 + 8)  # C = 2*1*4 = 8
-    expected = 48 + 2 * (1 * layer + 3 * layer) + head
-    assert mult_flops(config, {"a": 2, "b": 2}) == expected

@@ -1,0 +1,143 @@
+"""The project's own feature store: what the offline extractor writes and the trainer reads.
+
+Layout of a store directory (one per dataset and feature spec):
+
+    spec.json            {"format": "grf-feature-store", "version": 1,
+                          "modalities": {name: {"extractor", "version", "size", "rate"}}}
+    samples.csv          one row per sample: id, split, label (continuous), plus free columns
+    features/<id>.npz    one float32 array (T_m, size_m) per modality name; T_m may differ per
+                         modality and per sample, and is 0 where a modality has no data
+
+The spec is what checkpoints record and what the server checks its extractors against. Samples are
+written one file each, so an interrupted extraction resumes by skipping the ids already on disk;
+`samples.csv` is rewritten at the end of a run from every finished sample.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+FORMAT, FORMAT_VERSION = "grf-feature-store", 1
+SPLITS = ("train", "valid", "test")
+
+
+@dataclass(frozen=True)
+class ModalitySpec:
+    """What produced one modality's features."""
+
+    extractor: str  # e.g. "minilm-l6-tokens"
+    version: str  # bumped whenever the extractor's output changes
+    size: int  # feature size d_m
+    rate: float  # feature frames per second of media (0 for text: one row per token)
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    """The extractor, version, size and rate of every modality: the train/serve contract."""
+
+    modalities: dict[str, ModalitySpec] = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {"format": FORMAT, "version": FORMAT_VERSION, "modalities": {m: asdict(s) for m, s in self.modalities.items()}}
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "FeatureSpec":
+        if data.get("format") != FORMAT or data.get("version") != FORMAT_VERSION:
+            raise ValueError(f"not a {FORMAT} v{FORMAT_VERSION} spec: format={data.get('format')!r} version={data.get('version')!r}")
+        return cls({m: ModalitySpec(**s) for m, s in data["modalities"].items()})
+
+    def sizes(self) -> dict[str, int]:
+        return {m: s.size for m, s in self.modalities.items()}
+
+    def mismatches(self, other: "FeatureSpec") -> list[str]:
+        """Human-readable differences between two specs (empty when they agree)."""
+        problems = []
+        for m in sorted(set(self.modalities) | set(other.modalities)):
+            mine, theirs = self.modalities.get(m), other.modalities.get(m)
+            if mine != theirs:
+                problems.append(f"{m}: {mine} vs {theirs}")
+        return problems
+
+
+@dataclass
+class Sample:
+    id: str
+    split: str
+    label: float
+    features: dict[str, np.ndarray]  # name -> (T_m, size_m) float32
+
+
+class FeatureStore:
+    """Read and write one store directory; see the module docstring for the layout."""
+
+    def __init__(self, root: str | Path, spec: FeatureSpec):
+        self.root, self.spec = Path(root), spec
+
+    @classmethod
+    def create(cls, root: str | Path, spec: FeatureSpec) -> "FeatureStore":
+        """A new store, or an existing one with the same spec (to resume into)."""
+        root = Path(root)
+        if (root / "spec.json").exists():
+            store = cls.open(root)
+            if store.spec != spec:
+                raise ValueError(f"{root} holds features of another spec: " + "; ".join(spec.mismatches(store.spec)))
+            return store
+        (root / "features").mkdir(parents=True, exist_ok=True)
+        (root / "spec.json").write_text(json.dumps(spec.to_dict(), indent=2) + "\n")
+        return cls(root, spec)
+
+    @classmethod
+    def open(cls, root: str | Path) -> "FeatureStore":
+        root = Path(root)
+        if not (root / "spec.json").is_file():
+            raise FileNotFoundError(f"{root} is not a feature store (no spec.json): write one with python -m grf_stream.extract")
+        return cls(root, FeatureSpec.from_dict(json.loads((root / "spec.json").read_text())))
+
+    def feature_path(self, sample_id: str) -> Path:
+        return self.root / "features" / f"{sample_id}.npz"
+
+    def has(self, sample_id: str) -> bool:
+        return self.feature_path(sample_id).exists()
+
+    def write_features(self, sample_id: str, features: dict[str, np.ndarray]) -> None:
+        """Store one sample's features atomically (a crash never leaves half a file)."""
+        for m, x in features.items():
+            size = self.spec.modalities[m].size
+            if x.ndim != 2 or x.shape[1] != size:
+                raise ValueError(f"{sample_id}/{m}: features {x.shape}, expected (T, {size})")
+        tmp = self.feature_path(sample_id).with_suffix(".tmp.npz")
+        np.savez(tmp, **{m: np.asarray(x, dtype=np.float32) for m, x in features.items()})
+        tmp.replace(self.feature_path(sample_id))
+
+    def write_index(self, rows: list[dict]) -> None:
+        """Write samples.csv: rows with at least id, split, label."""
+        columns = ["id", "split", "label"] + sorted({k for r in rows for k in r} - {"id", "split", "label"})
+        with open(self.root / "samples.csv", "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def index(self) -> list[dict]:
+        path = self.root / "samples.csv"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is missing: the extraction did not finish; run it again to resume")
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+
+    def load_split(self, split: str) -> list[Sample]:
+        """Every sample of one split, features in memory."""
+        if split not in SPLITS:
+            raise ValueError(f"split {split!r} is not one of {SPLITS}")
+        samples = []
+        for row in self.index():
+            if row["split"] != split:
+                continue
+            with np.load(self.feature_path(row["id"])) as data:
+                features = {m: data[m] if m in data else np.zeros((0, s.size), np.float32) for m, s in self.spec.modalities.items()}
+            samples.append(Sample(row["id"], split, float(row["label"]), features))
+        return samples
