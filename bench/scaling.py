@@ -70,22 +70,26 @@ def measure(model: torch.nn.Module, inputs: dict, min_seconds: float) -> tuple[f
 
 
 def run(args) -> dict:
-    torch.manual_seed(0)
-    models = {(kind, n): build(kind, n, args) for n in args.ns for kind in ("GRF", "MulT")}
     inputs = {n: {f"m{i}": torch.randn(args.batch, args.length, args.size) for i in range(n)} for n in args.ns}
-    times = {key: ([], []) for key in models}
+    times, sizes = {}, {}
     for round_ in range(args.repeats):  # interleaved: every model once per round, so drift hits all alike
-        for (kind, n), (model, _) in models.items():
-            fwd, fwd_bwd = measure(model, inputs[n], args.min_seconds)
-            times[kind, n][0].append(fwd)
-            times[kind, n][1].append(fwd_bwd)
-            print(f"round {round_ + 1}/{args.repeats} {kind:>4} n={n:>2}: fwd {fwd * 1e3:8.1f} ms, "
-                  f"fwd+bwd {fwd_bwd * 1e3:8.1f} ms", flush=True)
+        for n in args.ns:
+            for kind in ("GRF", "MulT"):
+                torch.manual_seed(n)
+                # Built afresh each turn and dropped after: MulT at n=16 alone needs ~12 GB to train.
+                model, flops = build(kind, n, args)
+                sizes[kind, n] = (sum(p.numel() for p in model.parameters()), flops)
+                fwd, fwd_bwd = measure(model, inputs[n], args.min_seconds)
+                del model
+                times.setdefault((kind, n), ([], []))
+                times[kind, n][0].append(fwd)
+                times[kind, n][1].append(fwd_bwd)
+                print(f"round {round_ + 1}/{args.repeats} {kind:>4} n={n:>2}: fwd {fwd * 1e3:8.1f} ms, "
+                      f"fwd+bwd {fwd_bwd * 1e3:8.1f} ms", flush=True)
     results = {}
-    for (kind, n), (model, flops) in models.items():
-        params = sum(p.numel() for p in model.parameters())
-        fwd, fwd_bwd = (statistics.median(t) for t in times[kind, n])
-        results[kind, n] = {"params": params, "flops": flops, "fwd": fwd, "fwd_bwd": fwd_bwd}
+    for key, (params, flops) in sizes.items():
+        fwd, fwd_bwd = (statistics.median(t) for t in times[key])
+        results[key] = {"params": params, "flops": flops, "fwd": fwd, "fwd_bwd": fwd_bwd}
     return results
 
 

@@ -10,14 +10,13 @@ value of the wrong type or a value the dataclass rejects is a `ConfigError` that
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import types
 import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-
-from grf_stream.model import GRFConfig
 
 T = TypeVar("T")
 
@@ -115,5 +114,11 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-# Folder under configs/ -> the dataclass its files describe.
-CONFIG_KINDS: dict[str, type] = {"model": GRFConfig}
+# Folder under configs/ -> "module:dataclass" its files describe (imported on use: the trainer's
+# and the server's configs live with them).
+CONFIG_KINDS = {"model": "grf_stream.model:GRFConfig", "train": "trainer.config:TrainConfig"}
+
+
+def config_class(kind: str) -> type:
+    module, name = CONFIG_KINDS[kind].split(":")
+    return getattr(importlib.import_module(module), name)

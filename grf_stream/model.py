@@ -320,20 +320,28 @@ class GRF(nn.Module):
     ) -> GRFOutput:
         """Fuse the modalities present in `features` in `order` (default: config.order)."""
         masks = masks or {}
-        steps = self._steps(features, order)
-        first = steps[0]
-        context = self.init_context(features[first], masks.get(first), first)
+        return self.fuse([(m, features[m], masks.get(m)) for m in self._steps(features, order)])
+
+    def fuse(self, steps: list[tuple[str, Tensor, Tensor | None]]) -> GRFOutput:
+        """Fuse (modality, features (B, T, d_m), mask (B, T) or None) steps in the order given.
+
+        A modality may come back as several steps (windows of a stream); the first step starts
+        the context (1)-(3), every later one is a fusion step (4)-(8), each followed by (9).
+        """
+        (first, x, mask), *rest = steps
+        context = self.init_context(x, mask, first)
         # Only a sequence-mode context (B, T, d) has padding of its own to mask.
-        context_mask = self._mask(features[first], masks.get(first)) if context.dim() == 3 else None
+        context_mask = self._mask(x, mask) if context.dim() == 3 else None
         contexts, gates = [masked_mean(*self._state_tokens(context, context_mask))], []
-        for modality in steps[1:]:
-            context, gate = self.fuse_step(context, features[modality], masks.get(modality), modality, context_mask)
+        for modality, x, mask in rest:
+            context, gate = self.fuse_step(context, x, mask, modality, context_mask)
             context_mask = None  # after a fusion step the context is one token
             contexts.append(context)
             gates.append(gate)
         contexts = torch.stack(contexts, dim=1)  # (B, n, d)
         step_predictions = self.head(contexts)  # (9) (B, n)
-        aux = self.aux_head(contexts[:, 1]) if self.aux_head is not None else None
+        after_first_fusion = contexts[:, min(1, contexts.shape[1] - 1)]  # h_2 (h_1 if nothing was fused)
+        aux = self.aux_head(after_first_fusion) if self.aux_head is not None else None
         batch, d = contexts.shape[0], contexts.shape[-1]
         gates = torch.stack(gates, dim=1) if gates else contexts.new_zeros(batch, 0, d)  # (B, n-1, d)
         return GRFOutput(step_predictions[:, -1], step_predictions, contexts, gates, aux)

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from grf_stream.config import CONFIG_KINDS, ConfigError, load_config, to_dict
+from grf_stream.config import CONFIG_KINDS, ConfigError, config_class, load_config, to_dict
 from grf_stream.model import GRFConfig
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -17,7 +17,7 @@ def test_there_are_config_files_of_every_kind():
 
 @pytest.mark.parametrize("path", FILES, ids=lambda p: str(p.relative_to(CONFIG_DIR)))
 def test_every_config_file_loads_and_says_how_it_is_used(path):
-    config = load_config(CONFIG_KINDS[path.parent.name], path)
+    config = load_config(config_class(path.parent.name), path)
     assert to_dict(config)
     header = path.read_text().splitlines()[0]
     assert header.startswith("# "), f"{path} must open with a comment saying what uses it"

@@ -1,0 +1,53 @@
+"""Datasets: MulT and MMSA pickles, the project's feature store, synthetic data; one in-memory form."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from grf_stream.data.pickles import load_mmsa, load_mult
+from grf_stream.data.samples import Batch, Sample, SentimentDataset, check_sizes, collate
+from grf_stream.data.store import FeatureSpec, FeatureStore, ModalitySpec
+from grf_stream.data.synthetic import SyntheticConfig, generate
+
+FORMATS = ("mult", "mmsa", "store", "synthetic")
+
+__all__ = [
+    "Batch", "DataConfig", "FeatureSpec", "FeatureStore", "ModalitySpec", "Sample", "SentimentDataset",
+    "check_sizes", "collate", "load_split", "feature_spec",
+]
+
+
+@dataclass
+class DataConfig:
+    """Where a run's data comes from."""
+
+    format: str = "synthetic"
+    """mult (MulT pickle), mmsa (MMSA pickle), store (grf-stream feature store) or synthetic."""
+    path: str = ""
+    """The .pkl file or the store directory (unused for synthetic)."""
+    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    """Shapes and sizes when format is synthetic (generated in memory, deterministic)."""
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"data.format={self.format!r} is not one of {FORMATS}")
+        if self.format != "synthetic" and not self.path:
+            raise ValueError(f"data.format={self.format} needs data.path: the dataset file or directory")
+
+
+def load_split(config: DataConfig, split: str) -> list[Sample]:
+    """One split (train, valid or test) of the configured dataset."""
+    if config.format == "mult":
+        return load_mult(config.path, split)
+    if config.format == "mmsa":
+        return load_mmsa(config.path, split)
+    if config.format == "store":
+        return FeatureStore.open(config.path).load_split(split)
+    return generate(config.synthetic)[split]
+
+
+def feature_spec(config: DataConfig, sizes: dict[str, int]) -> FeatureSpec:
+    """The spec a checkpoint records: the store's own, else a description of the pickle's features."""
+    if config.format == "store":
+        return FeatureStore.open(config.path).spec
+    return FeatureSpec({m: ModalitySpec(f"{config.format}-features", "1", d, 0.0) for m, d in sizes.items()})

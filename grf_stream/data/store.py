@@ -22,6 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from grf_stream.data.samples import Sample
+
 FORMAT, FORMAT_VERSION = "grf-feature-store", 1
 SPLITS = ("train", "valid", "test")
 
@@ -62,14 +64,6 @@ class FeatureSpec:
             if mine != theirs:
                 problems.append(f"{m}: {mine} vs {theirs}")
         return problems
-
-
-@dataclass
-class Sample:
-    id: str
-    split: str
-    label: float
-    features: dict[str, np.ndarray]  # name -> (T_m, size_m) float32
 
 
 class FeatureStore:
@@ -138,6 +132,16 @@ class FeatureStore:
             if row["split"] != split:
                 continue
             with np.load(self.feature_path(row["id"])) as data:
-                features = {m: data[m] if m in data else np.zeros((0, s.size), np.float32) for m, s in self.spec.modalities.items()}
-            samples.append(Sample(row["id"], split, float(row["label"]), features))
+                arrays = {m: data[m] if m in data else np.zeros((0, s.size), np.float32) for m, s in self.spec.modalities.items()}
+            samples.append(sample_from_arrays(row["id"], float(row["label"]), arrays))
         return samples
+
+
+def sample_from_arrays(sample_id: str, label: float, arrays: dict[str, np.ndarray]) -> Sample:
+    """Every stored row is real; a modality with no rows becomes one masked zero step."""
+    features, masks = {}, {}
+    for m, x in arrays.items():
+        empty = len(x) == 0
+        features[m] = np.zeros((1, x.shape[1]), np.float32) if empty else x.astype(np.float32)
+        masks[m] = np.zeros(1, bool) if empty else np.ones(len(x), bool)
+    return Sample(sample_id, label, features, masks)

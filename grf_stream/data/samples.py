@@ -1,0 +1,72 @@
+"""One in-memory form for every dataset format, and its batching."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+
+@dataclass
+class Sample:
+    """One labelled segment: per modality features (T_m, d_m) and a mask (T_m,), True = real step."""
+
+    id: str
+    label: float
+    features: dict[str, np.ndarray]
+    masks: dict[str, np.ndarray]
+
+
+class SentimentDataset(Dataset):
+    def __init__(self, samples: list[Sample]):
+        self.samples = samples
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> Sample:
+        return self.samples[index]
+
+
+@dataclass
+class Batch:
+    features: dict[str, torch.Tensor]  # name -> (B, T, d) float32, padded
+    masks: dict[str, torch.Tensor]  # name -> (B, T) bool
+    labels: torch.Tensor  # (B,)
+    ids: list[str]
+
+    def to(self, device) -> "Batch":
+        move = lambda d: {k: v.to(device, non_blocking=True) for k, v in d.items()}  # noqa: E731
+        return Batch(move(self.features), move(self.masks), self.labels.to(device), self.ids)
+
+
+def collate(samples: list[Sample]) -> Batch:
+    """Pad every modality to the longest sequence of the batch; padding is masked."""
+    features, masks = {}, {}
+    for m in samples[0].features:
+        steps = max(len(s.features[m]) for s in samples)
+        size = samples[0].features[m].shape[1]
+        x = np.zeros((len(samples), steps, size), np.float32)
+        mask = np.zeros((len(samples), steps), bool)
+        for i, s in enumerate(samples):
+            t = len(s.features[m])
+            x[i, :t], mask[i, :t] = s.features[m], s.masks[m]
+        features[m], masks[m] = torch.from_numpy(x), torch.from_numpy(mask)
+    labels = torch.tensor([s.label for s in samples], dtype=torch.float32)
+    return Batch(features, masks, labels, [s.id for s in samples])
+
+
+def check_sizes(samples: list[Sample], sizes: dict[str, int], source: str) -> None:
+    """The data's feature sizes must be the model's; say which override fixes a mismatch."""
+    if not samples:
+        raise ValueError(f"{source} has no samples")
+    for m, size in sizes.items():
+        if m not in samples[0].features:
+            raise ValueError(f"{source} has no modality {m!r} (it has {sorted(samples[0].features)}): "
+                             f"fix model.modalities")
+        got = samples[0].features[m].shape[1]
+        if got != size:
+            raise ValueError(f"{source}: {m} features have size {got} but model.modalities.{m} is {size}: "
+                             f"set model.modalities.{m}={got}")

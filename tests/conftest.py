@@ -1,0 +1,10 @@
+"""Shared test setup: one Ray configuration for every Ray process the tests start."""
+
+import os
+
+# One auth mode for in-process Ray, `ray start` and `ray job submit` alike (Ray 2.60 otherwise
+# writes a token on first start that later processes may disagree with), and every port on
+# 127.0.0.1.
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -1,0 +1,76 @@
+"""What each training batch asks of the model: order, hidden modalities, windows, loss, schedule."""
+
+import math
+
+import pytest
+import torch
+
+from grf_stream.data import collate
+from grf_stream.data.synthetic import SyntheticConfig, generate
+from grf_stream.model import GRFOutput
+from trainer.config import OptimConfig, RegimeConfig
+from trainer.steps import batch_order, fusion_steps, hide_modalities, learning_rate, loss
+
+
+def batch(lengths={"text": 4, "audio": 12}):
+    config = SyntheticConfig(sizes={m: 3 for m in lengths}, lengths=lengths, samples={"train": 5})
+    samples = generate(config)["train"]
+    for s in samples:  # full lengths, so window counts are known
+        for m, t in lengths.items():
+            s.features[m] = torch.randn(t, 3).numpy()
+            s.masks[m] = torch.ones(t, dtype=torch.bool).numpy()
+    return collate(samples)
+
+
+def test_windows_interleave_in_time():
+    steps = fusion_steps(batch(), ["text", "audio"], {"text": 2, "audio": 4})
+    # text windows start at 0, 1/2; audio at 0, 1/3, 2/3: sorted by start, text first on ties
+    assert [m for m, _, _ in steps] == ["text", "audio", "audio", "text", "audio"]
+    assert [x.shape[1] for _, x, _ in steps] == [2, 4, 4, 2, 4]
+
+
+def test_without_windows_each_modality_is_one_step_in_order():
+    steps = fusion_steps(batch(), ["audio", "text"], {})
+    assert [(m, x.shape[1]) for m, x, _ in steps] == [("audio", 12), ("text", 4)]
+
+
+def test_a_window_of_pure_padding_is_left_out():
+    b = batch()
+    b.masks["audio"][:, 8:] = False
+    steps = fusion_steps(b, ["text", "audio"], {"audio": 4})
+    assert [m for m, _, _ in steps].count("audio") == 2
+
+
+def test_modality_dropout_always_keeps_one_modality():
+    masks = {m: torch.ones(1000, 5, dtype=torch.bool) for m in ("a", "b", "c")}
+    kept = hide_modalities(masks, 0.9, torch.Generator().manual_seed(0))
+    alive = torch.stack([kept[m].any(1) for m in masks], dim=1)  # (B, M)
+    assert alive.any(1).all()
+    assert 0.55 < 1 - alive.float().mean() < 0.65  # 0.9 hidden, except the one kept: 0.9 * 2/3
+
+
+def test_random_order_is_a_permutation_fixed_by_seed_epoch_and_batch():
+    regime = RegimeConfig(order="random")
+    orders = {tuple(batch_order(["a", "b", "c"], regime, 0, 0, i)) for i in range(30)}
+    assert len(orders) > 3 and all(sorted(o) == ["a", "b", "c"] for o in orders)
+    assert batch_order(["a", "b", "c"], regime, 0, 3, 7) == batch_order(["a", "b", "c"], regime, 0, 3, 7)
+    assert batch_order(["a", "b", "c"], RegimeConfig(), 0, 3, 7) == ["a", "b", "c"]
+
+
+def test_loss_terms():
+    labels = torch.tensor([1.0, -1.0])
+    steps = torch.tensor([[0.0, 1.0], [0.0, -1.0]])  # perfect at the end, |1| off before
+    out = GRFOutput(steps[:, -1], steps, torch.zeros(2, 2, 4), torch.zeros(2, 1, 4), torch.tensor([1.5, -1.0]))
+    assert loss(out, labels, RegimeConfig()).item() == pytest.approx(0.0)
+    assert loss(out, labels, RegimeConfig(deep_supervision=0.5)).item() == pytest.approx(0.5)
+    assert loss(out, labels, RegimeConfig(aux_weight=0.4)).item() == pytest.approx(0.4 * 0.25)
+
+
+def test_learning_rate_warms_up_then_follows_a_cosine():
+    optim = OptimConfig(lr=1e-3, warmup_epochs=5, min_lr=1e-6)
+    assert learning_rate(0, optim, 100) == pytest.approx(2e-4)
+    assert learning_rate(4, optim, 100) == pytest.approx(1e-3)
+    assert learning_rate(5, optim, 100) == pytest.approx(1e-3)
+    middle = 5 + 95 / 2
+    assert learning_rate(int(middle), optim, 100) == pytest.approx(1e-6 + (1e-3 - 1e-6) * 0.5 * (1 + math.cos(math.pi * 47 / 95)))
+    assert learning_rate(100, optim, 100) == pytest.approx(1e-6)

@@ -1,0 +1,89 @@
+"""The trainer for real on Ray Train: checkpoints, determinism, resume, DDP, TensorBoard, evaluate."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import ray
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from grf_stream.checkpoint import load_model
+from grf_stream.config import load_config
+from grf_stream.data import load_split
+from trainer import evaluate, train
+from trainer.config import TrainConfig
+
+TINY = str(Path(__file__).resolve().parents[2] / "configs" / "train" / "synthetic_tiny.yaml")
+SMALL = ["data.synthetic.samples={train: 96, valid: 32, test: 32}", "train.epochs=4", "train.patience=10"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def run(tmp_path, name, *overrides, resume=False, small=True):
+    args = ["--config", TINY, f"output_dir={tmp_path}", f"name={name}", *(SMALL if small else []), *overrides]
+    train.main(args + (["--resume"] if resume else []))
+    return tmp_path / name
+
+
+def metrics(run_dir):
+    return json.loads((run_dir / "metrics.json").read_text())
+
+
+def test_a_run_learns_and_writes_checkpoints_serving_can_load(tmp_path):
+    out = run(tmp_path, "first", small=False)
+    model, spec, payload = load_model(out / "checkpoints" / "best.pt")
+    assert model.config.modalities == {"text": 12, "audio": 5, "vision": 8}
+    assert spec.sizes() == model.config.modalities
+    assert payload["run_config"]["train"]["epochs"] == 6
+    summary = metrics(out)
+    assert set(summary) == {"train", "valid", "test"}
+    labels = np.array([s.label for s in load_split(load_config(TrainConfig, TINY).data, "test")])
+    constant = np.abs(labels - np.median(labels)).mean()  # the best a model that ignores its input can do
+    assert summary["test"]["mae"] < 0.75 * constant
+
+
+def test_same_seed_same_metrics_and_resume_ends_where_a_whole_run_ends(tmp_path):
+    whole = metrics(run(tmp_path, "whole"))
+    run(tmp_path, "interrupted", "train.stop_after=2")
+    last = torch.load(tmp_path / "interrupted" / "checkpoints" / "last.pt", weights_only=False)
+    assert last["training_state"]["progress"]["epoch"] == 2
+    resumed = metrics(run(tmp_path, "interrupted", resume=True))
+    assert resumed == whole
+
+
+def test_refuses_to_overwrite_a_run_and_to_resume_nothing(tmp_path):
+    with pytest.raises(SystemExit, match="no .* to resume from"):
+        run(tmp_path, "nothing", resume=True)
+
+
+def test_two_workers_train_with_ddp(tmp_path):
+    out = run(tmp_path, "ddp", "scaling.num_workers=2", "train.epochs=2")
+    assert (out / "checkpoints" / "best.pt").exists()
+    assert metrics(out)["valid"]["mae"] > 0
+
+
+def test_tensorboard_shows_losses_metrics_gates_and_contexts(tmp_path):
+    out = run(tmp_path, "board", "train.order=fixed")
+    events = EventAccumulator(str(out / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0}).Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in ("loss/train", "lr", "mae/train", "mae/valid", "f1_non0/test", "gate_mean/audio", "gate_mean/step3_vision"):
+        assert tag in tags, tag
+    assert len(events.Scalars("mae/valid")) == 4
+    assert "gate/step2_audio" in events.Tags()["histograms"]
+    projector = (out / "tensorboard" / "projector_config.pbtxt").read_text()
+    assert projector.count("embeddings") == 3 and "context_h3_vision" in projector
+
+
+def test_evaluate_prints_the_table_and_every_order(tmp_path, capsys):
+    out = run(tmp_path, "evaluated", "train.epochs=1")
+    evaluate.main([str(out / "checkpoints" / "best.pt"), "--orders", "all", "--json", str(tmp_path / "m.json")])
+    table = capsys.readouterr().out
+    assert "text-audio-vision" in table and "vision-audio-text" in table
+    assert len(json.loads((tmp_path / "m.json").read_text())) == 6

@@ -1,0 +1,97 @@
+"""What a training run is: model, data, optimiser, regime, scale. Loaded from configs/train/*.yaml."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from grf_stream.data import DataConfig
+from grf_stream.model import GRFConfig
+
+ORDER_MODES = ("fixed", "random")
+
+
+@dataclass
+class OptimConfig:
+    """AdamW with a linear warm-up, then cosine decay; gradient clipping."""
+
+    lr: float = 1e-3
+    """Peak learning rate, reached at the end of the warm-up."""
+    weight_decay: float = 1e-2
+    warmup_epochs: int = 5
+    """Epochs of linear warm-up from lr / warmup_epochs."""
+    min_lr: float = 1e-6
+    """Where the cosine ends, at the last epoch."""
+    grad_clip: float = 1.0
+    """Maximum gradient norm (0 = no clipping)."""
+    batch_size: int = 32
+    """Samples per step on each worker."""
+
+    def __post_init__(self) -> None:
+        if self.lr <= 0 or self.min_lr < 0 or self.batch_size <= 0 or self.warmup_epochs < 0:
+            raise ValueError("optim: lr and batch_size must be positive, min_lr and warmup_epochs >= 0")
+
+
+@dataclass
+class RegimeConfig:
+    """How long to train and what each batch asks of the model."""
+
+    epochs: int = 100
+    patience: int = 20
+    """Stop after this many epochs without a better validation MAE."""
+    seed: int = 0
+    order: str = "fixed"
+    """fixed: model.order every batch; random: a new modality order per batch (any-order serving)."""
+    modality_dropout: float = 0.0
+    """Per sample and modality, the chance its data is hidden (at least one modality stays)."""
+    deep_supervision: float = 0.0
+    """Weight of the mean L1 loss of the predictions before the last step."""
+    aux_weight: float = 0.0
+    """Weight of the L1 loss of model.aux_head (the released code's auxiliary loss: 0.4)."""
+    window_steps: dict[str, int] = field(default_factory=dict)
+    """Cut a modality into windows of this many steps, fused as separate steps in time order."""
+    stop_after: int = 0
+    """End this invocation after this many epochs, resumable with --resume (time-boxed jobs); 0 = off."""
+
+    def __post_init__(self) -> None:
+        if self.order not in ORDER_MODES:
+            raise ValueError(f"train.order={self.order!r} is not one of {ORDER_MODES}")
+        if not 0 <= self.modality_dropout < 1:
+            raise ValueError(f"train.modality_dropout={self.modality_dropout} must be in [0, 1)")
+        if self.epochs <= 0 or self.patience <= 0:
+            raise ValueError("train.epochs and train.patience must be positive")
+        for m, steps in self.window_steps.items():
+            if steps <= 0:
+                raise ValueError(f"train.window_steps.{m}={steps} must be positive")
+
+
+@dataclass
+class ScaleConfig:
+    """Ray Train's ScalingConfig: how many workers, and whether each gets a GPU."""
+
+    num_workers: int = 1
+    use_gpu: bool = False
+    cpus_per_worker: int = 1
+
+
+@dataclass
+class TrainConfig:
+    """A whole training run; checkpoints store it resolved."""
+
+    name: str = "grf"
+    """Run name: outputs go to <output_dir>/<name>/."""
+    output_dir: str = "runs"
+    """Checkpoints, TensorBoard events, Ray's run files. On a multi-node cluster: shared storage."""
+    model: GRFConfig = field(default_factory=GRFConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    train: RegimeConfig = field(default_factory=RegimeConfig)
+    scaling: ScaleConfig = field(default_factory=ScaleConfig)
+
+    def __post_init__(self) -> None:
+        if self.train.order == "random" and not self.model.share_block:
+            raise ValueError("train.order=random needs model.share_block=true: per-step blocks fix the order")
+        unknown = set(self.train.window_steps) - set(self.model.modalities)
+        if unknown:
+            raise ValueError(f"train.window_steps names {sorted(unknown)}, not modalities of the model")
+        if self.train.aux_weight and not self.model.aux_head:
+            raise ValueError("train.aux_weight needs model.aux_head=true")

@@ -1,0 +1,114 @@
+"""Evaluate a checkpoint: the field's metrics table for one split, as text and JSON.
+
+    python -m trainer.evaluate runs/grf/checkpoints/best.pt --split test
+    python -m trainer.evaluate CHECKPOINT --data data/mosi_data_noalign.pkl --format mult --orders all
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from grf_stream.checkpoint import load_model
+from grf_stream.config import from_dict
+from grf_stream.data import DataConfig, Sample, SentimentDataset, check_sizes, collate, load_split
+from grf_stream.metrics import format_table, sentiment_metrics
+from grf_stream.model import GRF
+from trainer.steps import fusion_steps
+
+
+@dataclass
+class Evaluation:
+    """Predictions of one pass over a split, with what TensorBoard shows of it."""
+
+    predictions: np.ndarray  # (N,)
+    labels: np.ndarray  # (N,)
+    contexts: np.ndarray  # (N, n, d) h_k after each step
+    gates: np.ndarray  # (N, n-1, d)
+    step_modalities: list[str]  # modality of each step
+    metrics: dict[str, float]
+
+
+@torch.no_grad()
+def evaluate_model(
+    model: GRF,
+    samples: list[Sample],
+    order: list[str],
+    window_steps: dict[str, int] | None = None,
+    batch_size: int = 64,
+    device: str | torch.device = "cpu",
+) -> Evaluation:
+    """Run the model in eval mode over every sample; the metrics of its final predictions."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(SentimentDataset(samples), batch_size=batch_size, shuffle=False, collate_fn=collate)
+    predictions, labels, contexts, gates, modalities = [], [], [], [], []
+    for batch in loader:
+        batch = batch.to(device)
+        steps = fusion_steps(batch, order, window_steps or {})
+        out = model.fuse(steps)
+        predictions.append(out.prediction.cpu())
+        labels.append(batch.labels.cpu())
+        contexts.append(out.contexts.cpu())
+        gates.append(out.gates.cpu())
+        modalities = [m for m, _, _ in steps]
+    model.train(was_training)
+    predictions, labels = torch.cat(predictions).numpy(), torch.cat(labels).numpy()
+    # Windowed steps vary in number between batches; keep per-step tensors only when they agree.
+    same_steps = len({c.shape[1] for c in contexts}) == 1
+    return Evaluation(
+        predictions,
+        labels,
+        torch.cat(contexts).numpy() if same_steps else np.zeros((len(labels), 0, model.config.d_model)),
+        torch.cat(gates).numpy() if same_steps else np.zeros((len(labels), 0, model.config.d_model)),
+        modalities if same_steps else [],
+        sentiment_metrics(predictions, labels),
+    )
+
+
+def orders_to_evaluate(model: GRF, which: str) -> list[list[str]]:
+    if which == "default":
+        return [model.config.order]
+    if not model.config.share_block:
+        raise SystemExit("--orders all needs a shared-block model: per-step blocks are tied to one order")
+    return [list(p) for p in itertools.permutations(model.config.order)]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("--data", help="dataset file or store directory (default: the one the run trained on)")
+    parser.add_argument("--format", choices=("mult", "mmsa", "store", "synthetic"), help="format of --data")
+    parser.add_argument("--split", default="test", choices=("train", "valid", "test"))
+    parser.add_argument("--orders", default="default", choices=("default", "all"),
+                        help="all: every fusion order (the order study)")
+    parser.add_argument("--json", type=Path, help="also write the metrics here")
+    args = parser.parse_args(argv)
+
+    model, _, payload = load_model(args.checkpoint)
+    run = payload.get("run_config") or {}
+    data = from_dict(DataConfig, run.get("data", {"format": args.format or "synthetic"}))
+    if args.data or args.format:
+        data = replace(data, path=args.data or data.path, format=args.format or data.format)
+    samples = load_split(data, args.split)
+    check_sizes(samples, model.config.modalities, f"{data.path or data.format} [{args.split}]")
+    window_steps = run.get("train", {}).get("window_steps", {})
+
+    rows = {}
+    for order in orders_to_evaluate(model, args.orders):
+        rows["-".join(order)] = evaluate_model(model, samples, order, window_steps).metrics
+    print(f"{args.checkpoint} on {data.path or data.format} [{args.split}], {len(samples)} samples")
+    print(format_table(rows))
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

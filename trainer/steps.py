@@ -1,0 +1,74 @@
+"""What one batch asks of the model: the fusion order, hidden modalities, windows, the loss."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from grf_stream.data import Batch
+from grf_stream.model import GRFOutput
+from trainer.config import OptimConfig, RegimeConfig
+
+Step = tuple[str, Tensor, Tensor]  # (modality, features (B, T, d), mask (B, T))
+
+
+def batch_order(default: list[str], regime: RegimeConfig, seed: int, epoch: int, index: int) -> list[str]:
+    """The modality order of one batch: fixed, or a permutation that depends only on (seed, epoch, batch)."""
+    if regime.order == "fixed":
+        return list(default)
+    order = list(default)
+    random.Random(f"{seed}/{epoch}/{index}").shuffle(order)
+    return order
+
+
+def hide_modalities(masks: dict[str, Tensor], p: float, generator: torch.Generator) -> dict[str, Tensor]:
+    """Modality dropout: each (sample, modality) is hidden with chance p; one modality always stays."""
+    names = list(masks)
+    batch = next(iter(masks.values())).shape[0]
+    hidden = torch.rand(batch, len(names), generator=generator) < p  # (B, M)
+    keep_one = torch.randint(len(names), (batch,), generator=generator)  # (B,)
+    hidden[torch.arange(batch), keep_one] = False
+    return {m: masks[m] & ~hidden[:, i, None].to(masks[m].device) for i, m in enumerate(names)}
+
+
+def fusion_steps(batch: Batch, order: list[str], window_steps: dict[str, int]) -> list[Step]:
+    """The batch as fusion steps: a windowed modality gives one step per window, all in time order.
+
+    Windows of different modalities interleave by where they start, as a fraction of their
+    sequence; ties keep `order`. A window with no real step in any sample is left out.
+    """
+    windows = []
+    for rank, m in enumerate(o for o in order if o in batch.features):
+        x, mask = batch.features[m], batch.masks[m]
+        length = x.shape[1]
+        size = window_steps.get(m, length)
+        for start in range(0, length, size):
+            window_mask = mask[:, start:start + size]
+            if window_mask.any():
+                windows.append((start / length, rank, (m, x[:, start:start + size], window_mask)))
+    windows.sort(key=lambda w: w[:2])
+    return [step for _, _, step in windows]
+
+
+def loss(output: GRFOutput, labels: Tensor, regime: RegimeConfig) -> Tensor:
+    """L1 of the final prediction, plus the weighted deep-supervision and auxiliary-head terms."""
+    total = F.l1_loss(output.prediction, labels)
+    earlier = output.step_predictions[:, :-1]  # (B, n-1)
+    if regime.deep_supervision and earlier.shape[1]:
+        total = total + regime.deep_supervision * F.l1_loss(earlier, labels[:, None].expand_as(earlier))
+    if regime.aux_weight and output.aux_prediction is not None:
+        total = total + regime.aux_weight * F.l1_loss(output.aux_prediction, labels)
+    return total
+
+
+def learning_rate(epoch: int, optim: OptimConfig, epochs: int) -> float:
+    """Linear warm-up over optim.warmup_epochs, then cosine from optim.lr to optim.min_lr at the end."""
+    if epoch < optim.warmup_epochs:
+        return optim.lr * (epoch + 1) / optim.warmup_epochs
+    span = max(1, epochs - optim.warmup_epochs)
+    progress = (epoch - optim.warmup_epochs) / span
+    return optim.min_lr + (optim.lr - optim.min_lr) * 0.5 * (1 + math.cos(math.pi * progress))

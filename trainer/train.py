@@ -1,0 +1,248 @@
+"""Train GRF with Ray Train: DDP over `scaling.num_workers` workers (gloo on CPU, NCCL on GPU).
+
+    python -m trainer.train --config configs/train/synthetic_tiny.yaml [key=value ...] [--resume]
+    ray job submit --address http://127.0.0.1:8265 --working-dir . -- \\
+        python -m trainer.train --config configs/train/synthetic_tiny.yaml output_dir=$PWD/runs
+
+Outputs go to <output_dir>/<name>/: checkpoints/best.pt (lowest validation MAE) and last.pt
+(what --resume continues from), tensorboard/, metrics.json. Every worker evaluates the full
+validation and test splits, so all of them take the same early-stopping decision.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import ray
+import ray.train
+import ray.train.torch
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, DistributedSampler
+
+from grf_stream.checkpoint import load_model, read_checkpoint, save_checkpoint
+from grf_stream.config import from_dict, load_config, to_dict
+from grf_stream.data import Sample, SentimentDataset, check_sizes, collate, feature_spec, load_split
+from grf_stream.metrics import sentiment_metrics
+from grf_stream.model import GRF
+from trainer.board import TrainingBoard
+from trainer.config import TrainConfig
+from trainer.evaluate import Evaluation, evaluate_model
+from trainer.steps import batch_order, fusion_steps, hide_modalities, learning_rate, loss
+
+SPLITS = ("train", "valid", "test")
+
+
+class StepsModule(nn.Module):
+    """GRF.fuse as a forward, so DDP sees every call (it syncs gradients around forward)."""
+
+    def __init__(self, model: GRF):
+        super().__init__()
+        self.model = model
+
+    def forward(self, steps):
+        return self.model.fuse(steps)
+
+
+@dataclass
+class Progress:
+    """Where a run stands; saved in last.pt so --resume continues exactly."""
+
+    epoch: int = 0  # the next epoch to run
+    best_mae: float = float("inf")
+    bad_epochs: int = 0
+
+
+def run_dir(config: TrainConfig) -> Path:
+    return Path(config.output_dir) / config.name
+
+
+def load_data(config: TrainConfig) -> dict[str, list[Sample]]:
+    data = {split: load_split(config.data, split) for split in SPLITS}
+    for split, samples in data.items():
+        check_sizes(samples, config.model.modalities, f"{config.data.path or config.data.format} [{split}]")
+    return data
+
+
+def seed_epoch(seed: int, epoch: int, rank: int) -> torch.Generator:
+    """Randomness that depends only on (seed, epoch, rank): a resumed run repeats it exactly."""
+    torch.manual_seed(seed * 1_000_003 + epoch * 1_009 + rank)
+    return torch.Generator().manual_seed(seed * 7_919 + epoch * 31 + rank)
+
+
+def train_epoch(module, model, loader, optimizer, config: TrainConfig, epoch: int, rank: int, device):
+    """One pass over this worker's shard; (mean loss, metrics of the training predictions)."""
+    regime, generator = config.train, seed_epoch(config.train.seed, epoch, rank)
+    loader.sampler.set_epoch(epoch)
+    module.train()
+    losses, predictions, labels = [], [], []
+    for index, batch in enumerate(loader):
+        batch = batch.to(device)
+        if regime.modality_dropout:
+            batch.masks = hide_modalities(batch.masks, regime.modality_dropout, generator)
+        order = batch_order(config.model.order, regime, regime.seed, epoch, index)
+        out = module(fusion_steps(batch, order, regime.window_steps))
+        batch_loss = loss(out, batch.labels, regime)
+        optimizer.zero_grad(set_to_none=True)
+        batch_loss.backward()
+        if config.optim.grad_clip:
+            nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+        optimizer.step()
+        losses.append(batch_loss.item())
+        predictions.append(out.prediction.detach().cpu())
+        labels.append(batch.labels.cpu())
+    return float(np.mean(losses)), sentiment_metrics(torch.cat(predictions), torch.cat(labels))
+
+
+def restore(path: str | None, model: GRF, optimizer) -> Progress:
+    if not path:
+        return Progress()
+    payload = read_checkpoint(path)
+    model.load_state_dict(payload["model_state"])
+    optimizer.load_state_dict(payload["training_state"]["optimizer"])
+    return Progress(**payload["training_state"]["progress"])
+
+
+def train_func(loop_config: dict) -> None:
+    """Ray Train's per-worker function: the whole training loop."""
+    config = from_dict(TrainConfig, loop_config["config"])
+    context = ray.train.get_context()
+    rank, world = context.get_world_rank(), context.get_world_size()
+    torch.set_num_threads(config.scaling.cpus_per_worker)  # more threads than cores slows torch badly
+    device = ray.train.torch.get_device()
+    data = load_data(config)
+
+    torch.manual_seed(config.train.seed)
+    model = GRF(config.model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    progress = restore(loop_config.get("resume_from"), model, optimizer)
+    # Wraps in DDP when there are several workers; missing modalities leave some weights unused.
+    module = ray.train.torch.prepare_model(StepsModule(model), parallel_strategy_kwargs={"find_unused_parameters": True})
+    sampler = DistributedSampler(SentimentDataset(data["train"]), world, rank, shuffle=True, seed=config.train.seed)
+    loader = DataLoader(sampler.dataset, config.optim.batch_size, sampler=sampler, collate_fn=collate)
+
+    out_dir = run_dir(config)
+    board = TrainingBoard(out_dir / "tensorboard", progress.epoch) if rank == 0 else None
+    spec = feature_spec(config.data, config.model.modalities)
+    epochs_this_run = 0
+    while progress.epoch < config.train.epochs and progress.bad_epochs < config.train.patience:
+        started, epoch = time.perf_counter(), progress.epoch
+        lr = learning_rate(epoch, config.optim, config.train.epochs)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
+        train_loss, train_metrics = train_epoch(module, model, loader, optimizer, config, epoch, rank, device)
+        evaluations = {split: evaluate(model, data[split], config, device) for split in ("valid", "test")}
+        improved = evaluations["valid"].metrics["mae"] < progress.best_mae
+        progress = Progress(
+            epoch + 1,
+            min(progress.best_mae, evaluations["valid"].metrics["mae"]),
+            0 if improved else progress.bad_epochs + 1,
+        )
+        if rank == 0:
+            metrics = {"epoch": epoch, "train_loss": train_loss, **evaluations["valid"].metrics}
+            if improved:
+                save_checkpoint(out_dir / "checkpoints" / "best.pt", model, spec, to_dict(config), metrics)
+            training_state = {"optimizer": optimizer.state_dict(), "progress": vars(progress)}
+            save_checkpoint(out_dir / "checkpoints" / "last.pt", model, spec, to_dict(config), metrics, training_state)
+            board.epoch(epoch, train_loss, lr, {"train": metrics_only(train_metrics), **evaluations})
+            print_epoch(epoch, config, train_loss, evaluations, lr, improved, time.perf_counter() - started)
+        ray.train.report({"epoch": epoch, "train_loss": train_loss,
+                          **{f"{s}_{k}": v for s, e in evaluations.items() for k, v in e.metrics.items()}})
+        epochs_this_run += 1
+        if config.train.stop_after and epochs_this_run >= config.train.stop_after:
+            break
+    if rank == 0:
+        finish(config, out_dir, board, data, device)
+
+
+def evaluate(model: GRF, samples: list[Sample], config: TrainConfig, device) -> Evaluation:
+    return evaluate_model(model, samples, config.model.order, config.train.window_steps,
+                          config.optim.batch_size * 2, device)
+
+
+def metrics_only(metrics: dict[str, float]) -> Evaluation:
+    """Training metrics in the shape the board takes (training passes keep no contexts)."""
+    empty = np.zeros((0,))
+    return Evaluation(empty, empty, empty, empty, [], metrics)
+
+
+def print_epoch(epoch, config, train_loss, evaluations, lr, improved, seconds) -> None:
+    valid, test = evaluations["valid"].metrics, evaluations["test"].metrics
+    print(
+        f"epoch {epoch + 1:>3}/{config.train.epochs}  loss {train_loss:.4f}  "
+        f"valid mae {valid['mae']:.4f} corr {valid['corr']:.3f} acc2 {valid['acc2_non0']:.3f}  "
+        f"test mae {test['mae']:.4f}  lr {lr:.1e}  {seconds:.1f}s{'  *best' if improved else ''}",
+        flush=True,
+    )
+
+
+def finish(config: TrainConfig, out_dir: Path, board: TrainingBoard, data, device) -> None:
+    """The best checkpoint on every split; its contexts per step go to the embedding projector."""
+    best = out_dir / "checkpoints" / "best.pt"
+    if not best.exists():  # a stop_after run that has not yet improved on anything
+        board.close()
+        return
+    model, _, payload = load_model(best, device)
+    results = {split: evaluate(model, data[split], config, device) for split in SPLITS}
+    board.contexts(payload["metrics"].get("epoch", 0), results["test"])
+    board.close()
+    summary = {split: r.metrics for split, r in results.items()}
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
+
+
+def resolve_paths(config: TrainConfig) -> TrainConfig:
+    """Absolute paths: Ray workers (and `ray job submit`) may run in another directory."""
+    config.output_dir = str(Path(config.output_dir).resolve())
+    if config.data.path:
+        config.data.path = str(Path(config.data.path).resolve())
+    return config
+
+
+def checkpoint_to_resume(config: TrainConfig, resume: bool) -> str | None:
+    last = run_dir(config) / "checkpoints" / "last.pt"
+    if resume:
+        if not last.exists():
+            raise SystemExit(f"--resume: no {last} to resume from; drop --resume to start a new run")
+        return str(last)
+    if last.exists():
+        raise SystemExit(f"{run_dir(config)} already holds a run: pass --resume to continue it, "
+                         f"or name=... / output_dir=... for a new one")
+    return None
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", required=True, help="a YAML file of configs/train/")
+    parser.add_argument("--resume", action="store_true", help="continue <output_dir>/<name> from its last.pt")
+    parser.add_argument("--address", help="Ray cluster to join (default: the job's cluster, else a local one)")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.lr=3e-4 train.epochs=20")
+    args = parser.parse_args(argv)
+    config = resolve_paths(load_config(TrainConfig, args.config, args.overrides))
+    resume_from = checkpoint_to_resume(config, args.resume)
+    if not ray.is_initialized():
+        ray.init(address=args.address)
+    trainer = ray.train.torch.TorchTrainer(
+        train_func,
+        train_loop_config={"config": to_dict(config), "resume_from": resume_from},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.scaling.num_workers,
+            use_gpu=config.scaling.use_gpu,
+            resources_per_worker={"CPU": config.scaling.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(name=config.name, storage_path=str(run_dir(config) / "ray")),
+    )
+    trainer.fit()
+    metrics = run_dir(config) / "metrics.json"
+    print(f"outputs in {run_dir(config)}")
+    if metrics.exists():
+        print(metrics.read_text())
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
