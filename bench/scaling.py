@@ -42,18 +42,21 @@ def build(kind: str, n: int, args) -> tuple[torch.nn.Module, int]:
     return MulT(config), mult_flops(config, lengths) * args.batch
 
 
-def time_call(fn, min_seconds: float) -> float:
+def time_call(fn, min_seconds: float, device: torch.device) -> float:
     """Seconds per call: repeat `fn` until `min_seconds` have passed (at least once)."""
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    synchronize()
     calls, start = 0, time.perf_counter()
     while True:
         fn()
+        synchronize()  # GPU work is asynchronous: count it, not just its launch
         calls += 1
         elapsed = time.perf_counter() - start
         if elapsed >= min_seconds:
             return elapsed / calls
 
 
-def measure(model: torch.nn.Module, inputs: dict, min_seconds: float) -> tuple[float, float]:
+def measure(model: torch.nn.Module, inputs: dict, min_seconds: float, device: torch.device) -> tuple[float, float]:
     """(forward seconds, forward+backward seconds) for one batch, in training mode as a trainer runs it."""
     model.train()
 
@@ -66,11 +69,13 @@ def measure(model: torch.nn.Module, inputs: dict, min_seconds: float) -> tuple[f
         model(inputs).prediction.sum().backward()
 
     forward_backward()  # warm-up: allocations, autograd graph caches
-    return time_call(forward, min_seconds), time_call(forward_backward, min_seconds)
+    return time_call(forward, min_seconds, device), time_call(forward_backward, min_seconds, device)
 
 
 def run(args) -> dict:
-    inputs = {n: {f"m{i}": torch.randn(args.batch, args.length, args.size) for i in range(n)} for n in args.ns}
+    device = torch.device(args.device)
+    inputs = {n: {f"m{i}": torch.randn(args.batch, args.length, args.size, device=device) for i in range(n)}
+              for n in args.ns}
     times, sizes = {}, {}
     for round_ in range(args.repeats):  # interleaved: every model once per round, so drift hits all alike
         for n in args.ns:
@@ -79,7 +84,7 @@ def run(args) -> dict:
                 # Built afresh each turn and dropped after: MulT at n=16 alone needs ~12 GB to train.
                 model, flops = build(kind, n, args)
                 sizes[kind, n] = (sum(p.numel() for p in model.parameters()), flops)
-                fwd, fwd_bwd = measure(model, inputs[n], args.min_seconds)
+                fwd, fwd_bwd = measure(model.to(device), inputs[n], args.min_seconds, device)
                 del model
                 times.setdefault((kind, n), ([], []))
                 times[kind, n][0].append(fwd)
@@ -106,7 +111,9 @@ def growth_exponent(x, y) -> float:
     return float(np.polyfit(np.log(x), np.log(y), 1)[0])
 
 
-def machine() -> str:
+def machine(device: str) -> str:
+    if device.startswith("cuda"):
+        return f"{torch.cuda.get_device_name()}, torch {torch.__version__}, Python {platform.python_version()}"
     cpu = platform.processor() or platform.machine()
     try:
         names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
@@ -120,7 +127,7 @@ def machine() -> str:
 def report(results: dict, args) -> str:
     ns = args.ns
     lines = [
-        f"Machine: {machine()}.",
+        f"Machine: {machine(args.device)}.",
         f"Setting: n modalities of T={args.length} steps x {args.size} features, batch {args.batch}, "
         f"d_model {args.d_model}, {args.layers} layers, {args.heads} heads (MulT: n(n-1) crossmodal "
         f"transformers of {args.layers} layers + n self-attention transformers of width (n-1)d); "
@@ -175,6 +182,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--min-seconds", type=float, default=0.5)
     parser.add_argument("--threads", type=int, default=1, help="torch threads (1: stable on a shared 2-core box)")
+    parser.add_argument("--device", default="cpu", help="cpu, or cuda on a GPU machine")
     parser.add_argument("--write", type=Path, help="replace the scaling section of this markdown file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)

@@ -260,3 +260,23 @@ def test_state_dict_keys_are_pinned():
     """The trainer-to-serve contract: renaming a module breaks every saved checkpoint."""
     keys = [k for variant in ({}, RELEASED) for k in make_model(**variant).state_dict()]
     assert keys == STATE_DICT_KEYS.read_text().split()
+
+
+# -- on a GPU, where there is one ----------------------------------------------------------------
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_gpu_streaming_equals_forward_and_matches_the_cpu():
+    model = make_model()
+    features, masks = make_inputs()
+    on_cpu = model(features, masks).step_predictions
+    gpu = torch.device("cuda")
+    model = model.to(gpu)
+    features = {k: v.to(gpu) for k, v in features.items()}
+    masks = {k: v.to(gpu) for k, v in masks.items()}
+    out = model(features, masks)
+    predictions, gates, _ = stream(model, features, masks, ["text", "audio", "vision"])
+    assert_close(predictions, out.step_predictions)
+    assert_close(gates, out.gates)
+    # TF32 and other kernels: close to the CPU, not bit-equal
+    assert_close(out.step_predictions.cpu(), on_cpu, atol=1e-3, rtol=1e-3)

@@ -18,9 +18,11 @@ class TrainingBoard:
         # purge_step drops events a resumed run is about to write again.
         self.writer = SummaryWriter(str(log_dir), purge_step=start_epoch or None)
 
-    def epoch(self, epoch: int, train_loss: float, lr: float, evaluations: dict[str, Evaluation]) -> None:
+    def epoch(self, epoch: int, train_loss: float, lr: float, samples_per_s: float,
+              evaluations: dict[str, Evaluation]) -> None:
         self.writer.add_scalar("loss/train", train_loss, epoch)
         self.writer.add_scalar("lr", lr, epoch)
+        self.writer.add_scalar("throughput/train_samples_per_s", samples_per_s, epoch)
         for split, evaluation in evaluations.items():
             for name, value in evaluation.metrics.items():
                 self.writer.add_scalar(f"{name}/{split}", value, epoch)

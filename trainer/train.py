@@ -127,8 +127,7 @@ def train_func(loop_config: dict) -> None:
     sampler = DistributedSampler(SentimentDataset(data["train"]), world, rank, shuffle=True, seed=config.train.seed)
     loader = DataLoader(sampler.dataset, config.optim.batch_size, sampler=sampler, collate_fn=collate)
 
-    out_dir = run_dir(config)
-    board = TrainingBoard(out_dir / "tensorboard", progress.epoch) if rank == 0 else None
+    board = TrainingBoard(run_dir(config) / "tensorboard", progress.epoch) if rank == 0 else None
     spec = feature_spec(config.data, config.model.modalities)
     epochs_this_run = 0
     while progress.epoch < config.train.epochs and progress.bad_epochs < config.train.patience:
@@ -137,6 +136,7 @@ def train_func(loop_config: dict) -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr
         train_loss, train_metrics = train_epoch(module, model, loader, optimizer, config, epoch, rank, device)
+        samples_per_s = len(sampler.dataset) / (time.perf_counter() - started)  # all workers together
         evaluations = {split: evaluate(model, data[split], config, device) for split in ("valid", "test")}
         improved = evaluations["valid"].metrics["mae"] < progress.best_mae
         progress = Progress(
@@ -144,21 +144,47 @@ def train_func(loop_config: dict) -> None:
             min(progress.best_mae, evaluations["valid"].metrics["mae"]),
             0 if improved else progress.bad_epochs + 1,
         )
+        report = {"epoch": epoch, "train_loss": train_loss, "train_samples_per_s": samples_per_s,
+                  **{f"{s}_{k}": v for s, e in evaluations.items() for k, v in e.metrics.items()}}
+        checkpoint = None
         if rank == 0:
-            metrics = {"epoch": epoch, "train_loss": train_loss, **evaluations["valid"].metrics}
-            if improved:
-                save_checkpoint(out_dir / "checkpoints" / "best.pt", model, spec, to_dict(config), metrics)
-            training_state = {"optimizer": optimizer.state_dict(), "progress": vars(progress)}
-            save_checkpoint(out_dir / "checkpoints" / "last.pt", model, spec, to_dict(config), metrics, training_state)
-            board.epoch(epoch, train_loss, lr, {"train": metrics_only(train_metrics), **evaluations})
-            print_epoch(epoch, config, train_loss, evaluations, lr, improved, time.perf_counter() - started)
-        ray.train.report({"epoch": epoch, "train_loss": train_loss,
-                          **{f"{s}_{k}": v for s, e in evaluations.items() for k, v in e.metrics.items()}})
+            record = EpochRecord(epoch, lr, train_loss, train_metrics, samples_per_s, evaluations, improved)
+            checkpoint = save_and_log(record, model, optimizer, progress, spec, config, board)
+            print_epoch(record, config, time.perf_counter() - started)
+        ray.train.report(report, checkpoint=checkpoint)
         epochs_this_run += 1
         if config.train.stop_after and epochs_this_run >= config.train.stop_after:
             break
     if rank == 0:
-        finish(config, out_dir, board, data, device)
+        finish(config, run_dir(config), board, data, device)
+
+
+@dataclass
+class EpochRecord:
+    """What one epoch produced, for checkpoints, TensorBoard and the console."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    train_metrics: dict[str, float]
+    samples_per_s: float
+    evaluations: dict[str, Evaluation]
+    improved: bool
+
+
+def save_and_log(record: EpochRecord, model, optimizer, progress: Progress, spec, config: TrainConfig,
+                 board: TrainingBoard) -> ray.train.Checkpoint:
+    """best.pt when validation improved, last.pt always, TensorBoard; the checkpoint for Ray."""
+    folder, run_config = run_dir(config) / "checkpoints", to_dict(config)
+    metrics = {"epoch": record.epoch, "train_loss": record.train_loss, **record.evaluations["valid"].metrics}
+    if record.improved:
+        save_checkpoint(folder / "best.pt", model, spec, run_config, metrics)
+    training_state = {"optimizer": optimizer.state_dict(), "progress": vars(progress)}
+    save_checkpoint(folder / "last.pt", model, spec, run_config, metrics, training_state)
+    board.epoch(record.epoch, record.train_loss, record.lr, record.samples_per_s,
+                {"train": metrics_only(record.train_metrics), **record.evaluations})
+    # Ray keeps a copy in its run storage (shared storage on a cluster) and hands it to fit()'s result.
+    return ray.train.Checkpoint.from_directory(str(folder))
 
 
 def evaluate(model: GRF, samples: list[Sample], config: TrainConfig, device) -> Evaluation:
@@ -172,12 +198,13 @@ def metrics_only(metrics: dict[str, float]) -> Evaluation:
     return Evaluation(empty, empty, empty, empty, [], metrics)
 
 
-def print_epoch(epoch, config, train_loss, evaluations, lr, improved, seconds) -> None:
-    valid, test = evaluations["valid"].metrics, evaluations["test"].metrics
+def print_epoch(record: EpochRecord, config: TrainConfig, seconds: float) -> None:
+    valid, test = record.evaluations["valid"].metrics, record.evaluations["test"].metrics
     print(
-        f"epoch {epoch + 1:>3}/{config.train.epochs}  loss {train_loss:.4f}  "
+        f"epoch {record.epoch + 1:>3}/{config.train.epochs}  loss {record.train_loss:.4f}  "
         f"valid mae {valid['mae']:.4f} corr {valid['corr']:.3f} acc2 {valid['acc2_non0']:.3f}  "
-        f"test mae {test['mae']:.4f}  lr {lr:.1e}  {seconds:.1f}s{'  *best' if improved else ''}",
+        f"test mae {test['mae']:.4f}  lr {record.lr:.1e}  {record.samples_per_s:.1f} samples/s  "
+        f"{seconds:.1f}s{'  *best' if record.improved else ''}",
         flush=True,
     )
 
@@ -216,6 +243,25 @@ def checkpoint_to_resume(config: TrainConfig, resume: bool) -> str | None:
     return None
 
 
+def fit(config: TrainConfig, resume_from: str | None = None) -> ray.train.Result:
+    """Run `train_func` on `config.scaling.num_workers` Ray Train workers; Ray must be initialised."""
+    trainer = ray.train.torch.TorchTrainer(
+        train_func,
+        train_loop_config={"config": to_dict(config), "resume_from": resume_from},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=config.scaling.num_workers,
+            use_gpu=config.scaling.use_gpu,
+            resources_per_worker={"CPU": config.scaling.cpus_per_worker},
+        ),
+        run_config=ray.train.RunConfig(
+            name=config.name,
+            storage_path=str(run_dir(config) / "ray"),
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=1),
+        ),
+    )
+    return trainer.fit()
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True, help="a YAML file of configs/train/")
@@ -227,17 +273,7 @@ def main(argv: list[str] | None = None) -> None:
     resume_from = checkpoint_to_resume(config, args.resume)
     if not ray.is_initialized():
         ray.init(address=args.address)
-    trainer = ray.train.torch.TorchTrainer(
-        train_func,
-        train_loop_config={"config": to_dict(config), "resume_from": resume_from},
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=config.scaling.num_workers,
-            use_gpu=config.scaling.use_gpu,
-            resources_per_worker={"CPU": config.scaling.cpus_per_worker},
-        ),
-        run_config=ray.train.RunConfig(name=config.name, storage_path=str(run_dir(config) / "ray")),
-    )
-    trainer.fit()
+    fit(config, resume_from)
     metrics = run_dir(config) / "metrics.json"
     print(f"outputs in {run_dir(config)}")
     if metrics.exists():

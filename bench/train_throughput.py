@@ -1,0 +1,130 @@
+"""Training throughput: our Ray Train trainer against a plain PyTorch loop, and the MulT baseline.
+
+Synthetic data with the shapes of unaligned CMU-MOSI (text 50 x 300, audio 375 x 5, vision 500 x 20),
+the released GRF hyperparameters, one torch thread per worker. Samples per second of the last
+epoch, side by side in one run:
+
+- trainer, 1 worker and 2 workers: `trainer.train.fit`, the code `python -m trainer.train` runs;
+- plain loop: one process, the same model, data, batches and optimiser, no Ray, no DDP;
+- MulT: the same plain loop over the MulT baseline (official MOSI settings).
+
+    python bench/train_throughput.py [--samples 128] [--epochs 2] [--write BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import ray
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from grf_stream.baselines.mult import MulT, MulTConfig
+from grf_stream.config import load_config
+from grf_stream.data import SentimentDataset, collate, load_split
+from grf_stream.model import GRF
+from trainer.config import TrainConfig
+from trainer.train import fit
+
+MARK_START, MARK_END = "<!-- train-throughput:start -->", "<!-- train-throughput:end -->"
+MOSI_UNALIGNED = "{text: %d, audio: %d, vision: %d}"
+
+
+def train_config(args, workers: int, out: str) -> TrainConfig:
+    return load_config(TrainConfig, None, [
+        f"name=throughput_{workers}", f"output_dir={out}",
+        f"data.synthetic.samples={{train: {args.samples}, valid: 8, test: 8}}",
+        "data.synthetic.sizes=" + MOSI_UNALIGNED % (300, 5, 20),
+        "data.synthetic.lengths=" + MOSI_UNALIGNED % (50, 375, 500),
+        f"train.epochs={args.epochs}", "optim.warmup_epochs=1", f"scaling.num_workers={workers}",
+    ])
+
+
+def trainer_throughput(args, workers: int) -> float:
+    with tempfile.TemporaryDirectory() as out:
+        result = fit(train_config(args, workers, out))
+    return result.metrics["train_samples_per_s"]
+
+
+def plain_loop_throughput(model: torch.nn.Module, args, config: TrainConfig) -> float:
+    """The textbook loop: shuffle, forward, L1, backward, clip, AdamW; the last epoch's rate."""
+    torch.set_num_threads(1)
+    torch.manual_seed(0)
+    samples = load_split(config.data, "train")
+    loader = DataLoader(SentimentDataset(samples), config.optim.batch_size, shuffle=True, collate_fn=collate)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    model.train()
+    for _ in range(args.epochs):
+        started = time.perf_counter()
+        for batch in loader:
+            out = model(batch.features, batch.masks)
+            loss = F.l1_loss(out.prediction, batch.labels)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+            optimizer.step()
+        rate = len(samples) / (time.perf_counter() - started)
+    return rate
+
+
+def report(rates: dict[str, float], args) -> str:
+    plain = rates["plain loop, GRF"]
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
+    lines = [
+        f"Machine: {cpu or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, ray {ray.__version__}; "
+        "one torch thread per worker.",
+        f"Setting: {args.samples} synthetic training samples of unaligned CMU-MOSI shapes (50/375/500 steps, "
+        f"300/5/20 features), batch 32, GRF d=64 L=4 (released hyperparameters); rate of epoch {args.epochs} "
+        "of the trainer's own timing (training pass only, not evaluation).",
+        "",
+        "| path | samples/s | vs plain loop |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {name} | {rate:.1f} | {rate / plain:.2f}x |" for name, rate in rates.items()]
+    overhead = 1 - rates["trainer, 1 worker (Ray Train)"] / plain
+    lines += ["", f"Ray Train overhead at one worker: {overhead * 100:.1f}% (goal: at most 10%)."]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, body: str, command: str) -> None:
+    section = f"{MARK_START}\nCommand: `{command}`\n\n{body}\n{MARK_END}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if MARK_START in text:
+        head, rest = text.split(MARK_START, 1)
+        text = head + section + rest.split(MARK_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n## Training throughput: Ray Train against a plain loop\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--samples", type=int, default=128)
+    parser.add_argument("--epochs", type=int, default=2)
+    parser.add_argument("--write", type=Path)
+    args = parser.parse_args()
+    ray.init(num_cpus=2, include_dashboard=False)
+    config = train_config(args, 1, tempfile.gettempdir())
+    rates = {
+        "trainer, 1 worker (Ray Train)": trainer_throughput(args, 1),
+        "plain loop, GRF": plain_loop_throughput(GRF(config.model), args, config),
+        "trainer, 2 workers (Ray Train, DDP/gloo)": trainer_throughput(args, 2),
+        "plain loop, MulT": plain_loop_throughput(MulT(MulTConfig(modalities=dict(config.model.modalities))), args, config),
+    }
+    ray.shutdown()
+    body = report(rates, args)
+    print("\n" + body)
+    if args.write:
+        flags = [a for a in sys.argv[1:] if a not in ("--write", str(args.write))]
+        write_section(args.write, body, " ".join(["python bench/train_throughput.py", *flags]))
+
+
+if __name__ == "__main__":
+    main()
