@@ -1,0 +1,168 @@
+"""`python -m grf_stream.client`: stream media to a grf-stream server and print its predictions.
+
+    python -m grf_stream.client --video talk.mp4 --transcript talk.csv     # replayed in real time
+    python -m grf_stream.client --audio speech.wav --transcript speech.csv --speed 4
+    python -m grf_stream.client --webcam --transcript-stdin                 # live
+    python -m grf_stream.client --video talk.mp4 --json                     # one JSON object per reply
+
+A video file gives its frames (30 per second, as JPEG) and its sound track; a transcript CSV has
+the columns start, end, text (seconds from the start of the media); each phrase is sent when it
+ends. With `--window segment` everything is one segment, fused when the stream ends; the default,
+`window`, predicts after every `--window-s` seconds of audio and video and every phrase.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import csv
+import itertools
+import json
+import sys
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+
+import cv2
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from grf_stream import protocol as p
+
+FRAME_RATE = 30.0
+AUDIO_CHUNK_S = 0.1
+SAMPLE_RATE = 16000
+
+
+def media_events(video: Path | None, audio: Path | None, transcript: Path | None):
+    """(time, kind, payload) of everything to send, in time order."""
+    from grf_stream.features.media import read_audio, video_frames
+
+    events = []
+    if video is not None:
+        for i, frame in enumerate(video_frames(video, FRAME_RATE)):
+            ok, jpeg = cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])
+            events.append((i / FRAME_RATE, "video", jpeg.tobytes()))
+    sound = read_audio(audio or video) if (audio or video) is not None else None
+    if sound is not None:
+        pcm = pcm16_at(sound.samples, sound.sample_rate)
+        step = int(AUDIO_CHUNK_S * SAMPLE_RATE)
+        events += [((i + step) / SAMPLE_RATE, "audio", pcm[i:i + step]) for i in range(0, len(pcm), step)]
+    if transcript is not None:
+        events += [(float(row["end"]), "text", row["text"]) for row in read_transcript(transcript)]
+    return sorted(events, key=lambda e: e[0])
+
+
+def pcm16_at(samples: np.ndarray, rate: int) -> np.ndarray:
+    """Mono float samples at any rate -> PCM16 at 16 kHz (what a microphone client would send)."""
+    import soxr
+
+    resampled = soxr.resample(np.asarray(samples, np.float32), rate, SAMPLE_RATE) if rate != SAMPLE_RATE else samples
+    return (np.clip(resampled, -1, 1) * 32767).astype(np.int16)
+
+
+def read_transcript(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    missing = {"start", "end", "text"} - set(rows[0] if rows else {})
+    if missing:
+        raise SystemExit(f"{path}: a transcript needs the columns start, end, text (seconds, phrase); missing {sorted(missing)}")
+    return rows
+
+
+class Client:
+    def __init__(self, address: str, session: str, as_json: bool):
+        self.context = zmq.asyncio.Context()
+        self.socket = self.context.socket(zmq.DEALER)
+        self.socket.connect(address)
+        self.session, self.as_json = session, as_json
+        self.seq = itertools.count()
+        self.closed = asyncio.Event()
+        self.predictions = 0
+
+    async def send(self, cls, *fields) -> None:
+        await self.socket.send(p.encode(cls(self.session, next(self.seq), time.time(), *fields)))
+
+    async def receive(self) -> None:
+        while not self.closed.is_set():
+            reply = p.decode_reply(await self.socket.recv())
+            self.show(reply)
+            if isinstance(reply, p.Prediction):
+                self.predictions += 1
+            if isinstance(reply, p.Closed):
+                self.closed.set()
+
+    def show(self, reply) -> None:
+        if self.as_json:
+            print(json.dumps({"type": type(reply).__name__.lower(), **asdict(reply)}, default=str), flush=True)
+        elif isinstance(reply, p.Prediction):
+            print(f"{reply.session} seg {reply.segment} step {reply.step:>2} {reply.modality:<6} "
+                  f"[{'+'.join(reply.modalities)}] sentiment {reply.value:+.3f} gate {reply.gate:.3f} "
+                  f"({reply.latency_ms:.1f} ms)", flush=True)
+        elif isinstance(reply, p.Error):
+            print(f"error {reply.code} (seq {reply.seq}): {reply.message}", file=sys.stderr, flush=True)
+        elif isinstance(reply, p.Closed):
+            print(f"closed: {reply.reason} {reply.stats}", flush=True)
+        elif isinstance(reply, p.Welcome):
+            print(f"connected as {reply.session}: the server fuses {reply.modalities}", flush=True)
+
+    async def replay(self, events, modalities, window: str, window_s: float, speed: float) -> None:
+        await self.send(p.Hello, modalities, window, SAMPLE_RATE, window_s, False)
+        started = time.monotonic()
+        for at, kind, payload in events:
+            delay = at / speed - (time.monotonic() - started)
+            if delay > 0:
+                await asyncio.sleep(delay)  # real time (or `speed` times it)
+            if kind == "video":
+                await self.send(p.Video, payload, None)
+            elif kind == "audio":
+                await self.send(p.Audio, payload, SAMPLE_RATE)
+            else:
+                await self.send(p.Text, payload, True)
+        await self.send(p.Bye)
+
+    def close(self) -> None:
+        self.socket.close(linger=1000)
+        self.context.term()
+
+
+async def run(args) -> int:
+    client = Client(args.server, args.session or f"client-{uuid.uuid4().hex[:8]}", args.json)
+    events = media_events(args.video, args.audio, args.transcript)
+    kinds = {kind for _, kind, _ in events}
+    modalities = [m for m in ("text", "audio", "video") if m in kinds]
+    if not modalities:
+        raise SystemExit("nothing to send: give --video, --audio and/or --transcript")
+    receiver = asyncio.create_task(client.receive())
+    try:
+        await client.replay(events, modalities, args.window, args.window_s, args.speed)
+        await asyncio.wait_for(client.closed.wait(), args.timeout)
+    except asyncio.TimeoutError:
+        print(f"no 'closed' from the server within {args.timeout} s", file=sys.stderr)
+        return 1
+    finally:
+        receiver.cancel()
+        client.close()
+    return 0 if client.predictions else 1
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--server", default="tcp://127.0.0.1:5555")
+    parser.add_argument("--video", type=Path, help="a video file to replay (frames and sound)")
+    parser.add_argument("--audio", type=Path, help="an audio file to replay (wav, flac, ...)")
+    parser.add_argument("--transcript", type=Path, help="CSV with start, end, text")
+    parser.add_argument("--window", choices=("window", "segment"), default="window")
+    parser.add_argument("--window-s", type=float, default=1.0)
+    parser.add_argument("--speed", type=float, default=1.0, help="replay speed: 1 = real time")
+    parser.add_argument("--session", help="session id (default: a random one)")
+    parser.add_argument("--json", action="store_true", help="one JSON object per reply")
+    parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server at the end")
+    args = parser.parse_args(argv)
+    sys.exit(asyncio.run(run(args)))
+
+
+if __name__ == "__main__":
+    main()

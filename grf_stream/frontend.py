@@ -1,0 +1,389 @@
+"""The front-end: decoded messages in, work to extractors and fusion, replies out. No sockets, no Ray.
+
+`serve.py` feeds it from a ZeroMQ ROUTER socket and sends what it puts in `outbox`; tests feed it
+messages directly ("these messages in, these out").
+
+- `handle` only decodes, checks and queues, so the socket loop never waits on one session.
+- Each session has a worker task that takes its messages in order: raw chunks go to the
+  extractors, feature rows become steps by the session's window policy (`segment`: one step per
+  modality when the segment ends; `window`: every `window_s` seconds of audio or video, every final
+  transcript phrase, every `features` message).
+- Late data: a session keeps only its newest waiting video frame and a bounded queue of audio
+  chunks (the oldest dropped); text is never dropped. Drops are counted per session.
+- Steps of all sessions are batched per fusion shard, up to `max_batch` requests or `max_wait_ms`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import zlib
+from collections import deque
+from dataclasses import dataclass
+from typing import Any, Awaitable, Callable, Protocol
+
+import numpy as np
+
+from grf_stream import protocol as p
+from grf_stream.features.audio import AudioChunk
+from grf_stream.fusion import FusionState, StepRequest, StepResult
+from grf_stream.session import Session
+
+
+class FusionBackend(Protocol):
+    """Where fusion runs: `shards` independent services, a session always on the same one."""
+
+    shards: int
+
+    async def open(self, shard: int, session: str, state: FusionState | None) -> None: ...
+    async def step(self, shard: int, requests: list[StepRequest]) -> list[StepResult]: ...
+    async def end_segment(self, shard: int, session: str, carry_context: bool) -> None: ...
+    async def close(self, shard: int, session: str) -> None: ...
+
+
+class ExtractorBackend(Protocol):
+    """Where raw chunks become feature rows (per session state lives there)."""
+
+    async def extract(self, modality: str, session: str, chunk: Any) -> tuple[np.ndarray, np.ndarray]: ...
+    async def flush(self, modality: str, session: str) -> tuple[np.ndarray, np.ndarray]: ...
+    async def close(self, session: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class FrontEndConfig:
+    max_sessions: int = 256
+    idle_timeout_s: float = 30.0
+    max_batch: int = 64
+    max_wait_ms: float = 2.0
+    max_audio_chunks: int = 50  # waiting audio chunks per session before the oldest is dropped
+
+
+@dataclass
+class Control:
+    """Work that must run in order with a shard's steps (segment end, close)."""
+
+    run: Callable[[], Awaitable[None]]
+
+
+RAW = {p.Video: "video", p.Audio: "audio", p.Text: "text"}
+
+
+class FrontEnd:
+    def __init__(self, modalities: dict[str, int], rates: dict[str, float], fusion: FusionBackend,
+                 extractors: ExtractorBackend | None, config: FrontEndConfig,
+                 clock: Callable[[], float] = time.monotonic):
+        self.modalities = modalities  # what the model fuses: name -> feature size
+        self.rates = rates  # feature rows per second of each raw modality (window policy)
+        self.fusion, self.extractors, self.config, self.clock = fusion, extractors, config, clock
+        self.sessions: dict[str, Session] = {}
+        self.workers: dict[str, asyncio.Task] = {}
+        self.outbox: asyncio.Queue[tuple[bytes, p.Message]] = asyncio.Queue()
+        self.queues = [asyncio.Queue() for _ in range(fusion.shards)]
+        self.received_at: dict[tuple[str, int, str], float] = {}  # (session, seq, modality) -> when queued
+        self.stats = {"steps": 0, "errors": 0, "drops": 0}
+        self.latencies_ms: list[float] = []
+
+    def shard(self, session: str) -> int:
+        return zlib.crc32(session.encode()) % self.fusion.shards  # stable across restarts
+
+    # -- messages in -------------------------------------------------------------------------
+
+    async def handle(self, identity: bytes, data: bytes) -> None:
+        """One client message; every problem becomes an error reply, nothing propagates."""
+        try:
+            message = p.decode(data)
+            if isinstance(message, p.Hello):
+                await self.open(identity, message)
+            else:
+                self.route(message)
+        except p.ProtocolError as error:
+            self.reply_error(identity, error.code, error.message, error.session, error.seq)
+
+    def route(self, message: p.Message) -> None:
+        """Into the session's inbox, applying the late-data rules."""
+        session = self.sessions.get(message.session)
+        if session is None or session.closing:
+            state = "is closing" if session is not None else "is not open: send hello first"
+            raise p.ProtocolError(p.UNKNOWN_SESSION, f"session {message.session!r} {state}",
+                                  message.session, message.seq)
+        if not session.accept_seq(message.seq):
+            raise p.ProtocolError(p.SEQ_BACKWARDS, f"seq {message.seq} is not after {session.last_seq}: "
+                                  "seq must increase within a session", message.session, message.seq)
+        session.last_seen = self.clock()
+        modality = RAW.get(type(message))
+        if modality is not None and modality not in session.modalities:
+            raise p.ProtocolError(p.UNKNOWN_MODALITY, f"{modality} was not opened: this session sends "
+                                  f"{list(session.modalities)} (say so in hello)", session.id, message.seq)
+        if isinstance(message, p.Video):
+            if session.newest_frame is not None:
+                self.count_drop(session, "video")  # the waiting frame is stale: keep only the newest
+                session.newest_frame = message
+                return
+            session.newest_frame = message
+        elif isinstance(message, p.Audio):
+            if len(session.audio) == self.config.max_audio_chunks:
+                self.count_drop(session, "audio")  # deque(maxlen) drops the oldest
+            session.audio.append(message)
+        session.inbox.put_nowait(message)
+
+    async def open(self, identity: bytes, hello: p.Hello) -> None:
+        if hello.session in self.sessions:
+            raise p.ProtocolError(p.BAD_STATE, f"session {hello.session!r} is already open", hello.session, hello.seq)
+        if len(self.sessions) >= self.config.max_sessions:  # closing ones count until they are gone
+            raise p.ProtocolError(p.BUSY, f"{len(self.sessions)} sessions are open, the limit is "
+                                  f"{self.config.max_sessions}: try again later", hello.session, hello.seq)
+        unknown = [m for m in hello.modalities if m not in self.modalities]
+        if unknown:
+            raise p.ProtocolError(p.UNKNOWN_MODALITY, f"modality {unknown[0]!r} is not served: this model fuses "
+                                  f"{sorted(self.modalities)}", hello.session, hello.seq)
+        session = Session(hello.session, identity, tuple(hello.modalities), hello.window, hello.window_s,
+                          hello.sample_rate, hello.carry_context, self.clock(), last_seq=hello.seq)
+        session.audio = deque(maxlen=self.config.max_audio_chunks)
+        self.sessions[session.id] = session
+        await self.fusion.open(self.shard(session.id), session.id, None)
+        self.workers[session.id] = asyncio.create_task(self.work(session))
+        self.send(identity, p.Welcome(session.id, hello.seq, time.time(), sorted(self.modalities), {}, {}, p.VERSION))
+
+    # -- one session's worker ------------------------------------------------------------------
+
+    async def work(self, session: Session) -> None:
+        """The session's messages in order; errors answer that message and the session goes on."""
+        while not session.closing:
+            message = await session.inbox.get()
+            try:
+                await self.process(session, message)
+            except p.ProtocolError as error:
+                self.reply_error(session.identity, error.code, error.message, session.id, error.seq)
+            except Exception as error:  # an extractor or backend failure: this message only
+                self.reply_error(session.identity, p.INTERNAL, f"{type(message).__name__.lower()} failed: "
+                                 f"{error}", session.id, message.seq)
+
+    async def process(self, session: Session, message: p.Message) -> None:
+        if isinstance(message, p.Features):
+            await self.on_features(session, message)
+        elif isinstance(message, p.Video):
+            frame, session.newest_frame = session.newest_frame, None
+            if frame is not None:
+                chunk = frame.jpeg if frame.jpeg is not None else frame.frame
+                await self.on_rows(session, "video", frame.seq, *await self.extract(session, "video", chunk, frame.seq))
+        elif isinstance(message, p.Audio):
+            if session.audio:
+                chunk = session.audio.popleft()
+                rows = await self.extract(session, "audio", AudioChunk(chunk.pcm, chunk.sample_rate), chunk.seq)
+                await self.on_rows(session, "audio", chunk.seq, *rows)
+        elif isinstance(message, p.Text):
+            await self.on_text(session, message)
+        elif isinstance(message, p.SegmentEnd):
+            await self.on_segment_end(session, message.seq)
+        elif isinstance(message, p.Bye):
+            await self.on_segment_end(session, message.seq)
+            await self.close(session, "bye")
+
+    async def extract(self, session: Session, modality: str, chunk, seq: int) -> tuple[np.ndarray, np.ndarray]:
+        if self.extractors is None:
+            raise p.ProtocolError(p.BAD_STATE, f"{modality} needs the feature extractors, which this server does "
+                                  "not run: send features", session.id, seq)
+        try:
+            return await self.extractors.extract(modality, session.id, chunk)
+        except Exception as error:
+            code = p.BAD_JPEG if modality == "video" else p.BAD_FIELD
+            raise p.ProtocolError(code, f"{modality} chunk could not be read ({_cause(error)}): send "
+                                  f"{CHUNK_HELP[modality]}", session.id, seq) from error
+
+    async def on_features(self, session: Session, message: p.Features) -> None:
+        expected = self.modalities.get(message.modality)
+        if message.modality not in session.modalities:
+            raise p.ProtocolError(p.UNKNOWN_MODALITY, f"modality {message.modality!r} was not opened: this "
+                                  f"session sends {list(session.modalities)}", session.id, message.seq)
+        if message.features.shape[1] != expected:
+            raise p.ProtocolError(p.BAD_SHAPE, f"{message.modality} features have size {message.features.shape[1]}:"
+                                  f" this model takes {expected}", session.id, message.seq)
+        mask = message.mask if message.mask is not None else np.ones(len(message.features), bool)
+        if session.policy == "segment":
+            session.hold(message.modality, message.features, mask)
+        else:
+            await self.submit(session, message.seq, message.modality, message.features, mask)
+
+    async def on_text(self, session: Session, message: p.Text) -> None:
+        rows, mask = await self.extract(session, "text", message.text, message.seq)
+        session.hold("text", rows, mask)
+        if session.policy == "window" and message.final:  # one step per finished phrase
+            for modality, features, held_mask in session.take_pending(["text"]):
+                await self.submit(session, message.seq, modality, features, held_mask)
+
+    async def on_rows(self, session: Session, modality: str, seq: int, rows: np.ndarray, mask: np.ndarray) -> None:
+        """Audio or video rows: held, and in window policy cut into steps of window_s seconds."""
+        if len(rows):
+            session.hold(modality, rows, mask)
+        if session.policy != "window":
+            return
+        window_rows = max(1, round(session.window_s * self.rates[modality]))
+        while session.held_rows(modality) >= window_rows:
+            features, window_mask = session.take_rows(modality, window_rows)
+            await self.submit(session, seq, modality, features, window_mask)
+
+    async def on_segment_end(self, session: Session, seq: int) -> None:
+        """Flush the extractors' held-back rows, fuse what the segment holds, then start a new one."""
+        if self.extractors is not None:
+            for modality in [m for m in session.modalities if m in ("audio", "video")]:
+                rows, mask = await self.extractors.flush(modality, session.id)
+                if len(rows):
+                    session.hold(modality, rows, mask)
+        for modality, features, mask in session.take_pending():
+            if mask.any():  # a window of only masked rows (no face at all) tells the model nothing
+                await self.submit(session, seq, modality, features, mask)
+
+        async def end() -> None:
+            await self.fusion.end_segment(self.shard(session.id), session.id, session.carry_context)
+            session.end_segment()
+
+        await self.queues[self.shard(session.id)].put(Control(end))
+
+    async def close(self, session: Session, reason: str) -> None:
+        """Stop taking the session's messages; it is closed once its queued steps are answered."""
+        async def close() -> None:
+            self.sessions.pop(session.id, None)
+            await self.fusion.close(self.shard(session.id), session.id)
+            if self.extractors is not None:
+                await self.extractors.close(session.id)
+            self.send(session.identity, p.Closed(session.id, session.last_seq, time.time(), reason,
+                                                 dict(session.stats)))
+
+        if session.closing:
+            return
+        session.closing = True
+        worker = self.workers.pop(session.id, None)
+        if worker is not None and worker is not asyncio.current_task():
+            worker.cancel()
+        await self.queues[self.shard(session.id)].put(Control(close))
+
+    async def reap_idle(self) -> None:
+        """Close the sessions that sent nothing for idle_timeout_s."""
+        now = self.clock()
+        idle = [s for s in self.sessions.values() if not s.closing and now - s.last_seen > self.config.idle_timeout_s]
+        for session in idle:
+            await self.close(session, "idle_timeout")
+
+    # -- batching ----------------------------------------------------------------------------
+
+    async def submit(self, session: Session, seq: int, modality: str, features: np.ndarray, mask: np.ndarray) -> None:
+        self.received_at[session.id, seq, modality] = self.clock()
+        request = StepRequest(session.id, seq, modality, np.ascontiguousarray(features, np.float32), mask)
+        await self.queues[self.shard(session.id)].put(request)
+
+    async def run_shard(self, shard: int) -> None:
+        """Forever: take a batch of this shard's steps (or one control) and run it."""
+        queue = self.queues[shard]
+        while True:
+            item = await queue.get()
+            if isinstance(item, Control):
+                await self.run_control(item)
+                continue
+            batch, control = await self.collect(queue, [item])
+            await self.run_batch(shard, batch)
+            if control is not None:
+                await self.run_control(control)
+
+    async def collect(self, queue: asyncio.Queue, batch: list) -> tuple[list[StepRequest], Control | None]:
+        """More steps until max_batch or max_wait_ms; a control ends the batch (it must follow it)."""
+        deadline = self.clock() + self.config.max_wait_ms / 1000
+        while len(batch) < self.config.max_batch:
+            if queue.empty():
+                timeout = deadline - self.clock()
+                if timeout <= 0:
+                    break
+                try:
+                    item = await asyncio.wait_for(queue.get(), timeout)
+                except asyncio.TimeoutError:
+                    break
+            else:
+                item = queue.get_nowait()
+            if isinstance(item, Control):
+                return batch, item
+            batch.append(item)
+        return batch, None
+
+    async def run_batch(self, shard: int, batch: list[StepRequest]) -> None:
+        try:
+            results = await self.fusion.step(shard, batch)
+        except Exception as error:  # the backend already retried once; the sessions go on without this step
+            for request in batch:
+                self.reply_error_to_session(request.session, p.INTERNAL, f"step failed: {_cause(error)}", request.seq)
+            return
+        for result in results:
+            self.deliver(result)
+
+    async def run_control(self, control: Control) -> None:
+        try:
+            await control.run()
+        except Exception:  # a session closing while its actor restarts: nothing left to undo
+            pass
+
+    def deliver(self, result: StepResult) -> None:
+        session = self.sessions.get(result.session)
+        started = self.received_at.pop((result.session, result.seq, result.modality), None)
+        if session is None:  # closed while its step was in flight
+            return
+        session.record(result)
+        latency_ms = (self.clock() - started) * 1000 if started is not None else 0.0
+        self.latencies_ms.append(latency_ms)
+        self.stats["steps"] += 1
+        self.send(session.identity, p.Prediction(
+            result.session, result.seq, time.time(), result.segment, result.step, result.modality,
+            list(result.modalities), result.value, result.gate, latency_ms))
+
+    # -- messages out ------------------------------------------------------------------------
+
+    def send(self, identity: bytes, message: p.Message) -> None:
+        self.outbox.put_nowait((identity, message))
+
+    def count_drop(self, session: Session, modality: str) -> None:
+        session.stats[f"drops_{modality}"] += 1
+        self.stats["drops"] += 1
+
+    def reply_error(self, identity: bytes, code: str, message: str, session: str | None, seq: int | None) -> None:
+        self.stats["errors"] += 1
+        if session in self.sessions:
+            self.sessions[session].stats["errors"] += 1
+        self.send(identity, p.Error(session, seq, time.time(), code, message))
+
+    def reply_error_to_session(self, session: str, code: str, message: str, seq: int | None) -> None:
+        if session in self.sessions:
+            self.reply_error(self.sessions[session].identity, code, message, session, seq)
+
+
+CHUNK_HELP = {
+    "video": "JPEG bytes or a raw uint8 frame (H, W, 3) in BGR order",
+    "audio": "PCM16 mono little-endian samples with their sample rate",
+    "text": "non-empty UTF-8 text",
+}
+
+
+def _cause(error: BaseException) -> str:
+    """The root message of an error, without Ray's wrapping."""
+    cause = getattr(error, "cause", None) or error.__cause__ or error
+    return str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+
+
+
+class InProcessExtractors:
+    """The extraction backend in this process: extractors run on one worker thread, off the event loop."""
+
+    def __init__(self, extractors: dict[str, Any]):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.extractors = extractors
+        self.thread = ThreadPoolExecutor(max_workers=1)  # one at a time: extractors are not thread-safe
+
+    async def _run(self, fn, *args):
+        return await asyncio.get_running_loop().run_in_executor(self.thread, fn, *args)
+
+    async def extract(self, modality: str, session: str, chunk) -> tuple[np.ndarray, np.ndarray]:
+        return await self._run(self.extractors[modality].extract, chunk, session)
+
+    async def flush(self, modality: str, session: str) -> tuple[np.ndarray, np.ndarray]:
+        return await self._run(self.extractors[modality].flush, session)
+
+    async def close(self, session: str) -> None:
+        for extractor in self.extractors.values():
+            await self._run(extractor.close, session)

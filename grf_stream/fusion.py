@@ -1,0 +1,189 @@
+"""The stateful fusion engine: every session's context, and fusion steps batched across sessions.
+
+A plain class (no Ray): `actors/fusion.py` runs it as a Ray actor, tests drive it directly.
+
+Each session has a `FusionState` (its context h, segment, step count, modalities fused so far).
+`step()` takes the pending steps of many sessions at once and runs them in as few model calls as
+possible: the first step of a segment through (1)-(3), later steps through (4)-(8), grouped by
+modality (each has its own projection), padded in time with masks so that a batched step gives the
+same numbers as the session alone. After every step comes a prediction (9).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from grf_stream.model import GRF
+
+
+class UnknownSession(KeyError):
+    """A step for a session this service does not hold (never opened, or lost in a restart)."""
+
+
+@dataclass
+class FusionState:
+    """One session's streaming state: what the front-end also keeps a copy of."""
+
+    context: np.ndarray | None = None  # (d,) float32; None until the segment's first step
+    segment: int = 0
+    step: int = 0  # steps fused in this segment
+    modalities: list[str] = field(default_factory=list)  # the context holds these, in first-fused order
+
+    def reset(self, segment: int, carry_context: bool) -> None:
+        """A new segment: the context starts afresh unless the session carries it over."""
+        self.segment, self.step, self.modalities = segment, 0, []
+        if not carry_context:
+            self.context = None
+
+
+@dataclass(frozen=True)
+class StepRequest:
+    """One (modality, feature window) pair to fuse into a session's context."""
+
+    session: str
+    seq: int
+    modality: str
+    features: np.ndarray  # (T, d) float32
+    mask: np.ndarray  # (T,) bool
+
+
+@dataclass(frozen=True)
+class StepResult:
+    session: str
+    seq: int
+    segment: int
+    step: int
+    modality: str
+    modalities: tuple[str, ...]
+    value: float  # the sentiment prediction after this step
+    gate: float  # mean update gate z of the step (0 for a segment's first step)
+    context: np.ndarray  # (d,) the new context: the front-end's copy for re-seeding
+
+
+class FusionService:
+    """Per-session contexts over one GRF model, on CPU or GPU."""
+
+    def __init__(self, model: GRF, device: str = "cpu", threads: int = 1):
+        if model.config.init != "pooled":
+            raise ValueError("init: sequence is the released code's reproduction mode; a stream needs a "
+                             "one-token context (init: pooled)")
+        torch.set_num_threads(threads)  # a busy second core otherwise slows torch many times over
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.states: dict[str, FusionState] = {}
+
+    # -- session lifecycle -------------------------------------------------------------------
+
+    def open(self, session: str, state: FusionState | None = None) -> None:
+        """Start a session, or re-seed it from the front-end's copy after this service restarted."""
+        self.states[session] = state if state is not None else FusionState()
+
+    def end_segment(self, session: str, carry_context: bool = False) -> int:
+        state = self._state(session)
+        state.reset(state.segment + 1, carry_context)
+        return state.segment
+
+    def close(self, session: str) -> None:
+        self.states.pop(session, None)
+
+    def sessions(self) -> list[str]:
+        return list(self.states)
+
+    # -- fusion ------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def step(self, requests: list[StepRequest]) -> list[StepResult]:
+        """Fuse every request; results in the order of the requests.
+
+        Requests of one session are applied in order (a later one sees the earlier one's context).
+        """
+        results: dict[int, StepResult] = {}
+        for wave in self._waves(requests):
+            for group in self._groups(wave, requests):
+                for index, result in zip(group, self._run_group([requests[i] for i in group])):
+                    results[index] = result
+        return [results[i] for i in range(len(requests))]
+
+    def _waves(self, requests: list[StepRequest]) -> list[list[int]]:
+        """Split into rounds with at most one request per session, keeping each session's order."""
+        waves: list[list[int]] = []
+        seen: dict[str, int] = {}
+        for i, request in enumerate(requests):
+            self._state(request.session)  # an unknown session fails before any work is done
+            wave = seen.get(request.session, -1) + 1
+            seen[request.session] = wave
+            if wave == len(waves):
+                waves.append([])
+            waves[wave].append(i)
+        return waves
+
+    def _groups(self, wave: list[int], requests: list[StepRequest]) -> list[list[int]]:
+        """One model call per (first step or not, modality) within a wave."""
+        groups: dict[tuple[bool, str], list[int]] = {}
+        for i in wave:
+            request = requests[i]
+            first = self.states[request.session].context is None
+            groups.setdefault((first, request.modality), []).append(i)
+        return list(groups.values())
+
+    def _run_group(self, group: list[StepRequest]) -> list[StepResult]:
+        modality = group[0].modality
+        x, mask = self._pad(group)  # (B, T, d), (B, T)
+        states = [self.states[r.session] for r in group]
+        if states[0].context is None:
+            context = self.model.init_context(x, mask, modality)  # (1)-(3)
+            gate = torch.zeros_like(context)
+        else:
+            previous = torch.from_numpy(np.stack([s.context for s in states])).to(self.device)
+            context, gate = self.model.fuse_step(previous, x, mask, modality)  # (4)-(8)
+        values = self.model.predict(context).cpu().numpy()  # (9)
+        contexts = context.cpu().numpy()
+        gates = gate.mean(dim=-1).cpu().numpy()
+        return [self._advance(r, s, c, v, g) for r, s, c, v, g in zip(group, states, contexts, values, gates)]
+
+    def _advance(self, request: StepRequest, state: FusionState, context, value, gate) -> StepResult:
+        state.context = context
+        state.step += 1
+        if request.modality not in state.modalities:
+            state.modalities.append(request.modality)
+        return StepResult(request.session, request.seq, state.segment, state.step, request.modality,
+                          tuple(state.modalities), float(value), float(gate), context)
+
+    def _pad(self, group: list[StepRequest]) -> tuple[torch.Tensor, torch.Tensor]:
+        steps = max(len(r.features) for r in group)
+        x = np.zeros((len(group), steps, group[0].features.shape[1]), np.float32)
+        mask = np.zeros((len(group), steps), bool)
+        for i, r in enumerate(group):
+            x[i, : len(r.features)], mask[i, : len(r.features)] = r.features, r.mask
+        return torch.from_numpy(x).to(self.device), torch.from_numpy(mask).to(self.device)
+
+    def _state(self, session: str) -> FusionState:
+        if session not in self.states:
+            raise UnknownSession(f"session {session!r} is not open on this fusion service")
+        return self.states[session]
+
+
+class LocalFusion:
+    """The front-end's fusion backend in this process: one FusionService per shard, called directly.
+
+    What tests and a single-process server use; `actors.fusion.RayFusion` is the same over Ray actors.
+    """
+
+    def __init__(self, services: list[FusionService]):
+        self.services = services
+        self.shards = len(services)
+
+    async def open(self, shard: int, session: str, state: FusionState | None) -> None:
+        self.services[shard].open(session, state)
+
+    async def step(self, shard: int, requests: list[StepRequest]) -> list[StepResult]:
+        return self.services[shard].step(requests)
+
+    async def end_segment(self, shard: int, session: str, carry_context: bool) -> None:
+        self.services[shard].end_segment(session, carry_context)
+
+    async def close(self, shard: int, session: str) -> None:
+        self.services[shard].close(session)

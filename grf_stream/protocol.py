@@ -1,0 +1,703 @@
+"""The wire protocol: the one place where in-process messages become bytes and back.
+
+Every message is one msgpack map, for example
+
+    {"v": 1, "type": "audio", "session": "cam-7", "seq": 12, "ts": 1718.25,
+     "pcm": b"<PCM16 little-endian mono>", "sample_rate": 16000}
+
+- `v` is the protocol version: this module speaks VERSION (1) and rejects any other.
+- `type` names the message; `session` (1..128 characters) names the client's stream; `seq` (int
+  >= 0) increases within a session (the server checks the order, this module does not); `ts` is the
+  capture time in seconds (finite; an int is accepted where a float is expected, a bool never is).
+- Client -> server, read with `decode`: hello, video, audio, text, features, segment_end, bye.
+  Server -> client, read with `decode_reply`: welcome, prediction, error, closed.
+  `encode` writes both, and `decode(encode(m)) == m`.
+- Keys a type does not define are ignored, so that a newer peer can add optional fields without
+  breaking an older one. A nil value counts as absent only for the optional fields whose default
+  is None (video jpeg/frame/shape, features mask, error session/seq).
+
+`decode` validates everything and raises one exception type, `ProtocolError(code, message, session,
+seq)`: `code` is one of CODES, `message` says what was wrong and what is accepted, and `session` /
+`seq` are set whenever the bad message had readable ones, so the server can address its error
+reply. `decode_reply` checks the types of what the server sent (it trusts the server's values,
+not its bytes), and leaves the open-ended sets, error codes and close reasons, open.
+
+Messages are frozen dataclasses whose first fields are always (session, seq, ts). Raw video
+frames, PCM audio and feature windows travel as little-endian bytes plus a shape, and decode to
+read-only numpy views of the received bytes (no copy). Messages therefore compare by value (arrays
+by dtype, shape and content) and are not hashable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import reprlib
+from dataclasses import dataclass
+from typing import Any, Callable, Union
+
+import msgpack
+import numpy as np
+
+VERSION = 1
+MAX_SESSION_CHARS = 128
+MAX_NAME_CHARS = 64  # modality names
+JPEG_MAGIC = b"\xff\xd8"
+
+# -- error codes: a closed set; `decode` raises the first group, the server the second ---------------
+
+BAD_MSGPACK = "bad_msgpack"
+BAD_VERSION = "bad_version"
+UNKNOWN_TYPE = "unknown_type"
+MISSING_FIELD = "missing_field"
+BAD_FIELD = "bad_field"
+BAD_SHAPE = "bad_shape"
+BAD_DTYPE = "bad_dtype"
+NOT_FINITE = "not_finite"
+TOO_LARGE = "too_large"
+UNKNOWN_MODALITY = "unknown_modality"
+UNKNOWN_SESSION = "unknown_session"
+SEQ_BACKWARDS = "seq_backwards"
+BAD_JPEG = "bad_jpeg"
+BUSY = "busy"
+BAD_STATE = "bad_state"
+INTERNAL = "internal"
+
+CODES: dict[str, str] = {
+    BAD_MSGPACK: "the bytes are not one msgpack map (or a str in it is not UTF-8)",
+    BAD_VERSION: "no protocol version v, or one this server does not speak",
+    UNKNOWN_TYPE: "type is not one of the message types this side reads",
+    MISSING_FIELD: "a required field is absent",
+    BAD_FIELD: "a field has the wrong type or a value out of range",
+    BAD_SHAPE: "a frame or feature shape is malformed or does not match its bytes",
+    BAD_DTYPE: "bytes that cannot hold the element type (odd PCM16 length, unsupported dtype)",
+    NOT_FINITE: "a NaN or infinity where finite numbers are required",
+    TOO_LARGE: "the message or one of its parts is over a limit",
+    UNKNOWN_MODALITY: "(server) a modality the model does not fuse or the session did not open",
+    UNKNOWN_SESSION: "(server) a message for a session that was never opened with hello",
+    SEQ_BACKWARDS: "(server) seq did not increase within the session",
+    BAD_JPEG: "(server) the JPEG bytes could not be decoded",
+    BUSY: "(server) too many sessions: try again later",
+    BAD_STATE: "(server) a message the session cannot take now (e.g. a second hello)",
+    INTERNAL: "(server) the server failed; the session goes on",
+}
+DECODE_CODES = frozenset({BAD_MSGPACK, BAD_VERSION, UNKNOWN_TYPE, MISSING_FIELD, BAD_FIELD, BAD_SHAPE,
+                          BAD_DTYPE, NOT_FINITE, TOO_LARGE})
+CLOSE_REASONS = ("bye", "idle_timeout", "server_shutdown", "evicted")
+WINDOW_POLICIES = ("segment", "window")
+
+
+class ProtocolError(ValueError):
+    """A message that cannot be accepted. `code` is one of CODES; `message` says what to send instead."""
+
+    def __init__(self, code: str, message: str, session: str | None = None, seq: int | None = None):
+        super().__init__(f"{code}: {message}")
+        self.code, self.message, self.session, self.seq = code, message, session, seq
+
+    def __reduce__(self):  # keep all four fields when pickled (e.g. across Ray processes)
+        return ProtocolError, (self.code, self.message, self.session, self.seq)
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What `decode` accepts; the server may send these to clients in its welcome."""
+
+    max_message_bytes: int = 8 * 1024 * 1024  # checked before unpacking
+    max_items: int = 1024  # entries in any one msgpack array or map
+    max_frame_side: int = 4096
+    max_feature_steps: int = 10_000
+    max_feature_size: int = 4096
+    max_text_chars: int = 10_000
+    min_sample_rate: int = 8000
+    max_sample_rate: int = 48000
+    max_window_s: float = 60.0  # a longer window would buffer minutes of raw media per session
+
+
+# -- messages ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, eq=False)
+class Message:
+    """What every message carries: the client's stream, its position in it, the capture time."""
+
+    session: str
+    seq: int
+    ts: float
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(_same(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self))
+
+    __hash__ = None  # mutable lists and arrays inside: compare by value, never hash
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
+                and np.array_equal(a, b))
+    return a == b
+
+
+@dataclass(frozen=True, eq=False)
+class Hello(Message):
+    """Opens a session: what the client will send and how its data become fusion steps."""
+
+    modalities: list[str]
+    window: str  # "segment" (one step per modality per segment) or "window" (every window_s)
+    sample_rate: int = 16000  # Hz of the audio the client will send
+    window_s: float = 1.0
+    carry_context: bool = False  # False: the context restarts at each segment
+
+
+@dataclass(frozen=True, eq=False)
+class Video(Message):
+    """One webcam frame: JPEG bytes (decoded by the server) or a raw uint8 frame (H, W, 3) or (H, W)."""
+
+    jpeg: bytes | None = None
+    frame: np.ndarray | None = None
+
+
+@dataclass(frozen=True, eq=False)
+class Audio(Message):
+    """A chunk of microphone audio, PCM16 mono."""
+
+    pcm: np.ndarray  # (samples,) int16
+    sample_rate: int
+
+
+@dataclass(frozen=True, eq=False)
+class Text(Message):
+    """A transcript phrase; `final` False marks a partial hypothesis that a later text replaces."""
+
+    text: str
+    final: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class Features(Message):
+    """A precomputed feature window of one modality; mask marks the valid steps (None: all)."""
+
+    modality: str
+    features: np.ndarray  # (T, d) float32
+    mask: np.ndarray | None = None  # (T,) bool
+
+    def __post_init__(self):
+        if self.mask is None:
+            object.__setattr__(self, "mask", np.ones(len(self.features), dtype=bool))
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentEnd(Message):
+    """The current segment is complete: fuse what is held and start a new one."""
+
+
+@dataclass(frozen=True, eq=False)
+class Bye(Message):
+    """The client is done: the segment ends and the session closes."""
+
+
+@dataclass(frozen=True, eq=False)
+class Welcome(Message):
+    """Answer to hello: what the model fuses, with which features, under which limits."""
+
+    modalities: list[str]
+    feature_spec: dict[str, dict]  # modality -> {extractor, version, size, rate}
+    limits: dict[str, Any]
+    protocol: int
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction(Message):
+    """Sent after every fusion step."""
+
+    segment: int
+    step: int  # 1-based within the segment
+    modality: str  # fused by this step
+    modalities: list[str]  # held by the context so far
+    value: float  # sentiment
+    gate: float  # mean update gate of the step; 0 for a segment's first step
+    latency_ms: float  # at the server: from the step's features being ready (received, or extracted) to this reply
+
+
+@dataclass(frozen=True, eq=False)
+class Error(Message):
+    """A message was refused; the session goes on. session/seq are None where they were unreadable."""
+
+    session: str | None
+    seq: int | None
+    code: str
+    message: str
+
+
+@dataclass(frozen=True, eq=False)
+class Closed(Message):
+    """The session is over; `reason` is one of CLOSE_REASONS, `stats` counts steps, drops, errors."""
+
+    reason: str
+    stats: dict[str, int]
+
+
+ClientMessage = Union[Hello, Video, Audio, Text, Features, SegmentEnd, Bye]
+Reply = Union[Welcome, Prediction, Error, Closed]
+
+
+# -- field checks: (value, where, limits) -> the in-process value, or _Invalid -------------------------
+
+
+class _Invalid(Exception):
+    """A problem found inside a message; `_decode` turns it into a ProtocolError with its address."""
+
+    def __init__(self, code: str, message: str):
+        self.code, self.message = code, message
+
+
+_SHORT = reprlib.Repr()
+_SHORT.maxstring, _SHORT.maxother, _SHORT.maxlist, _SHORT.maxdict, _SHORT.maxlevel = 40, 40, 6, 4, 2
+_WIRE_TYPES = {type(None): "nil", bool: "bool", int: "int", float: "float", str: "str", bytes: "bin",
+               list: "array", dict: "map"}
+
+
+def _show(value: Any) -> str:
+    """A value as an error message shows it: short (the message may be megabytes), typed where unclear."""
+    if isinstance(value, bytes):
+        return f"<{len(value)} bytes>"
+    shown = _SHORT.repr(value)
+    if isinstance(value, (str, float)) or type(value) is int:
+        return shown
+    return f"{shown} ({_wire_type(value)})"
+
+
+def _wire_type(value: Any) -> str:
+    return _WIRE_TYPES.get(type(value), type(value).__name__)
+
+
+def _reject(code: str, where: str, value: Any, accepted: str):
+    raise _Invalid(code, f"{where} {_show(value)} is not accepted: {accepted}")
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # True is an int to Python, not to us
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _session_id(value, where, limits):
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_SESSION_CHARS:
+        _reject(BAD_FIELD, where, value, f"send a non-empty str of at most {MAX_SESSION_CHARS} characters")
+    return value
+
+
+def _seq_number(value, where, limits):
+    if not _is_int(value) or value < 0:
+        _reject(BAD_FIELD, where, value, "send an int >= 0 that increases within the session")
+    return value
+
+
+def _finite_number(value, where, limits):
+    if not _is_number(value):
+        _reject(BAD_FIELD, where, value, "send a number (float or int)")
+    if not math.isfinite(value):
+        _reject(NOT_FINITE, where, value, "send a finite number")
+    return float(value)
+
+
+def _boolean(value, where, limits):
+    if not isinstance(value, bool):
+        _reject(BAD_FIELD, where, value, "send true or false")
+    return value
+
+
+def _one_of(*choices: str):
+    def check(value, where, limits):
+        if not isinstance(value, str) or value not in choices:
+            _reject(BAD_FIELD, where, value, f"send one of {', '.join(map(repr, choices))}")
+        return value
+    return check
+
+
+def _name(value, where, limits):
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_NAME_CHARS:
+        _reject(BAD_FIELD, where, value, f"send a non-empty str of at most {MAX_NAME_CHARS} characters")
+    return value
+
+
+def _names(value, where, limits):
+    if not isinstance(value, list) or not value:
+        _reject(BAD_FIELD, where, value, 'send a non-empty array of modality names, e.g. ["text", "audio"]')
+    names = [_name(name, f"{where} entry", limits) for name in value]
+    if len(set(names)) != len(names):
+        _reject(BAD_FIELD, where, value, "send each modality once")
+    return names
+
+
+def _sample_rate(value, where, limits):
+    if not _is_int(value) or not limits.min_sample_rate <= value <= limits.max_sample_rate:
+        _reject(BAD_FIELD, where, value,
+                f"send PCM16 mono at {limits.min_sample_rate}-{limits.max_sample_rate} Hz (an int)")
+    return value
+
+
+def _window_seconds(value, where, limits):
+    seconds = _finite_number(value, where, limits)
+    if not 0 < seconds <= limits.max_window_s:
+        _reject(BAD_FIELD, where, value, f"send seconds with 0 < window_s <= {limits.max_window_s:g}")
+    return seconds
+
+
+def _dtype(name: str, layout: str):
+    def check(value, where, limits):
+        if not isinstance(value, str) or value != name:
+            _reject(BAD_DTYPE, where, value, f"send {layout} (dtype {name!r})")
+        return value
+    return check
+
+
+def _binary(value, where, limits):
+    if not isinstance(value, bytes):
+        _reject(BAD_FIELD, where, value, "send msgpack bin (bytes), not str or array")
+    return value
+
+
+def _jpeg(value, where, limits):
+    if not _binary(value, where, limits) or not value.startswith(JPEG_MAGIC):
+        _reject(BAD_FIELD, where, value, "send the bytes of a JPEG file (they start with FF D8)")
+    return value
+
+
+def _pcm16(value, where, limits):
+    if not _binary(value, where, limits):
+        _reject(BAD_FIELD, where, value, "send at least one PCM16 sample")
+    if len(value) % 2:
+        _reject(BAD_DTYPE, where, value, "PCM16 has 2 bytes per sample: send whole little-endian int16 samples")
+    return np.frombuffer(value, dtype="<i2")
+
+
+def _text(value, where, limits):
+    if not isinstance(value, str) or not value.strip():
+        _reject(BAD_FIELD, where, value, "send a str with at least one non-space character")
+    if len(value) > limits.max_text_chars:
+        _reject(TOO_LARGE, where, value, f"send at most {limits.max_text_chars} characters per message")
+    return value
+
+
+def _int_list(value, where, limits):
+    if not isinstance(value, list) or not all(_is_int(n) for n in value):
+        _reject(BAD_FIELD, where, value, "send an array of ints")
+    return tuple(value)
+
+
+def _string(value, where, limits):
+    if not isinstance(value, str):
+        _reject(BAD_FIELD, where, value, "send a str")
+    return value
+
+
+def _integer(value, where, limits):
+    if not _is_int(value):
+        _reject(BAD_FIELD, where, value, "send an int")
+    return value
+
+
+def _number(value, where, limits):
+    if not _is_number(value):
+        _reject(BAD_FIELD, where, value, "send a number (float or int)")
+    return float(value)
+
+
+def _strings(value, where, limits):
+    if not isinstance(value, list) or not all(isinstance(s, str) for s in value):
+        _reject(BAD_FIELD, where, value, "send an array of str")
+    return value
+
+
+def _map_of(value_check):
+    def check(value, where, limits):
+        if not isinstance(value, dict) or not all(isinstance(key, str) for key in value):
+            _reject(BAD_FIELD, where, value, "send a map with str keys")
+        return {key: value_check(item, f"{where}[{key!r}]", limits) for key, item in value.items()}
+    return check
+
+
+def _anything(value, where, limits):
+    return value
+
+
+_map = _map_of(_anything)
+
+
+def _nullable(check):
+    def nullable(value, where, limits):
+        return None if value is None else check(value, where, limits)
+    return nullable
+
+
+# -- per-type specs ---------------------------------------------------------------------------------
+
+_REQUIRED = object()  # a field's default when the message must carry it
+
+
+@dataclass(frozen=True)
+class _Field:
+    name: str
+    check: Callable[[Any, str, Limits], Any]
+    default: Any = _REQUIRED
+
+
+@dataclass(frozen=True)
+class _Kind:
+    """One message type: its class, its wire fields (after v and type) and how wire and class differ."""
+
+    cls: type
+    fields: tuple[_Field, ...]
+    build: Callable[[dict, Limits], Message] | None = None  # checked wire values -> message; None: cls(**values)
+    to_wire: Callable[[Any], dict] | None = None  # message -> wire values; None: its dataclass fields
+
+
+_ADDRESS = (_Field("session", _session_id), _Field("seq", _seq_number), _Field("ts", _finite_number))
+_REPLY_ADDRESS = (_Field("session", _session_id), _Field("seq", _seq_number), _Field("ts", _number))
+
+
+def _frame_from_wire(values: dict, limits: Limits) -> Video:
+    jpeg, frame, shape = values.pop("jpeg"), values.pop("frame"), values.pop("shape")
+    values.pop("dtype")
+    if jpeg is not None and frame is not None:
+        raise _Invalid(BAD_FIELD, "video has both jpeg and frame: send one of them")
+    if jpeg is None and frame is None:
+        raise _Invalid(MISSING_FIELD, "video has neither jpeg nor frame: send jpeg (JPEG bytes) "
+                                      "or frame (raw uint8 pixels) with shape [H, W, 3] or [H, W]")
+    if frame is None:
+        return Video(**values, jpeg=jpeg)
+    if shape is None:
+        raise _Invalid(MISSING_FIELD, "video frame has no shape: send shape [H, W, 3] or [H, W] with it")
+    if len(shape) == 3 and shape[2] != 3:
+        _reject(BAD_SHAPE, "video shape", list(shape), "send [H, W, 3] (three colour channels) or [H, W] (gray)")
+    side = limits.max_frame_side
+    _check_sides(shape, "video shape", (2, 3), (side, side, 3), "[H, W, 3] or [H, W]")
+    if len(frame) != math.prod(shape):
+        raise _Invalid(BAD_SHAPE, f"video frame has {len(frame)} bytes but shape {list(shape)} needs "
+                                  f"{math.prod(shape)}: send H*W*C uint8 bytes, rows first")
+    return Video(**values, frame=np.frombuffer(frame, dtype=np.uint8).reshape(shape))
+
+
+def _check_sides(shape: tuple, where: str, ranks: tuple, maxima: tuple, accepted: str) -> None:
+    """Rank and sides of a shape: a zero or negative side is malformed, one over its limit too large."""
+    if len(shape) not in ranks or any(side < 1 for side in shape):
+        _reject(BAD_SHAPE, where, list(shape), f"send {accepted} with every side >= 1")
+    for side, maximum in zip(shape, maxima):
+        if side > maximum:
+            _reject(TOO_LARGE, where, list(shape), f"send {accepted} with sides up to {list(maxima[:len(shape)])}")
+
+
+def _frame_to_wire(message: Video) -> dict:
+    if message.frame is None:
+        return {"jpeg": message.jpeg}
+    return {"frame": _wire_bytes(message.frame, "<u1", "video frame"), "shape": list(message.frame.shape),
+            "dtype": "uint8"}
+
+
+def _features_from_wire(values: dict, limits: Limits) -> Features:
+    data, shape, mask = values.pop("data"), values.pop("shape"), values.pop("mask")
+    values.pop("dtype")
+    _check_sides(shape, "features shape", (2,), (limits.max_feature_steps, limits.max_feature_size), "[T, d]")
+    steps, size = shape
+    if len(data) != steps * size * 4:
+        raise _Invalid(BAD_SHAPE, f"features data has {len(data)} bytes but shape {list(shape)} needs "
+                                  f"{steps * size * 4}: send T*d little-endian float32 values, steps first")
+    features = np.frombuffer(data, dtype="<f4").reshape(steps, size)  # (T, d)
+    bad = ~np.isfinite(features)
+    if bad.any():
+        step, dim = np.argwhere(bad)[0]
+        raise _Invalid(NOT_FINITE, f"features have {int(bad.sum())} NaN or infinite values (first at step "
+                                   f"{step}, dim {dim}): send finite float32, and mark missing steps in mask")
+    return Features(**values, features=features, mask=_mask_from_wire(mask, steps))
+
+
+def _mask_from_wire(mask: bytes | None, steps: int) -> np.ndarray:
+    if mask is None:
+        return np.ones(steps, dtype=bool)
+    if len(mask) != steps:
+        raise _Invalid(BAD_SHAPE, f"features mask has {len(mask)} bytes for {steps} steps: send one uint8 per step")
+    flags = np.frombuffer(mask, dtype=np.uint8)
+    if (flags > 1).any():
+        raise _Invalid(BAD_FIELD, f"features mask holds {int(flags.max())}: send 1 for a valid step, 0 for padding")
+    return flags.astype(bool)
+
+
+def _features_to_wire(message: Features) -> dict:
+    return {"modality": message.modality, "data": _wire_bytes(message.features, "<f4", "features"),
+            "shape": list(message.features.shape), "dtype": "float32",
+            "mask": _wire_bytes(message.mask, "|b1", "features mask")}
+
+
+def _audio_to_wire(message: Audio) -> dict:
+    return {"pcm": _wire_bytes(message.pcm, "<i2", "audio pcm"), "sample_rate": message.sample_rate}
+
+
+def _wire_bytes(array: np.ndarray, dtype: str, what: str) -> memoryview:
+    """Little-endian C-order bytes; a different element type is the caller's mistake, never cast silently."""
+    if not isinstance(array, np.ndarray) or array.dtype.kind != np.dtype(dtype).kind \
+            or array.dtype.itemsize != np.dtype(dtype).itemsize:
+        raise TypeError(f"{what} must be a numpy array of {np.dtype(dtype).name}, got {_show(array)}")
+    # a view, not .tobytes(): msgpack packs it as bin all the same, and a 640x480 frame encodes ~40x faster
+    return np.ascontiguousarray(array, dtype=dtype).data.cast("B")
+
+
+_CLIENT: dict[str, _Kind] = {
+    "hello": _Kind(Hello, _ADDRESS + (
+        _Field("modalities", _names),
+        _Field("window", _one_of(*WINDOW_POLICIES)),
+        _Field("sample_rate", _sample_rate, 16000),
+        _Field("window_s", _window_seconds, 1.0),
+        _Field("carry_context", _boolean, False))),
+    "video": _Kind(Video, _ADDRESS + (
+        _Field("jpeg", _jpeg, None),
+        _Field("frame", _binary, None),
+        _Field("shape", _int_list, None),
+        _Field("dtype", _dtype("uint8", "raw pixels as uint8"), "uint8")), _frame_from_wire, _frame_to_wire),
+    "audio": _Kind(Audio, _ADDRESS + (
+        _Field("pcm", _pcm16),
+        _Field("sample_rate", _sample_rate)), None, _audio_to_wire),
+    "text": _Kind(Text, _ADDRESS + (
+        _Field("text", _text),
+        _Field("final", _boolean, True))),
+    "features": _Kind(Features, _ADDRESS + (
+        _Field("modality", _name),
+        _Field("data", _binary),
+        _Field("shape", _int_list),
+        _Field("mask", _binary, None),
+        _Field("dtype", _dtype("float32", "little-endian float32"), "float32")),
+        _features_from_wire, _features_to_wire),
+    "segment_end": _Kind(SegmentEnd, _ADDRESS),
+    "bye": _Kind(Bye, _ADDRESS),
+}
+
+_REPLY: dict[str, _Kind] = {
+    "welcome": _Kind(Welcome, _REPLY_ADDRESS + (
+        _Field("modalities", _strings),
+        _Field("feature_spec", _map_of(_map)),
+        _Field("limits", _map),
+        _Field("protocol", _integer))),
+    "prediction": _Kind(Prediction, _REPLY_ADDRESS + (
+        _Field("segment", _integer),
+        _Field("step", _integer),
+        _Field("modality", _string),
+        _Field("modalities", _strings),
+        _Field("value", _number),
+        _Field("gate", _number),
+        _Field("latency_ms", _number))),
+    "error": _Kind(Error, (
+        _Field("session", _nullable(_session_id), None),
+        _Field("seq", _nullable(_seq_number), None),
+        _REPLY_ADDRESS[2],
+        _Field("code", _string),
+        _Field("message", _string))),
+    "closed": _Kind(Closed, _REPLY_ADDRESS + (
+        _Field("reason", _string),
+        _Field("stats", _map_of(_integer)))),
+}
+
+CLIENT_TYPES = tuple(_CLIENT)
+REPLY_TYPES = tuple(_REPLY)
+_TYPE_OF = {kind.cls: (name, kind) for name, kind in {**_CLIENT, **_REPLY}.items()}
+
+
+# -- encode / decode --------------------------------------------------------------------------------
+
+
+def encode(message: Message) -> bytes:
+    """The msgpack bytes of any client or server message."""
+    if type(message) not in _TYPE_OF:
+        raise TypeError(f"encode takes a protocol message ({', '.join(c.__name__ for c in _TYPE_OF)}), "
+                        f"got {type(message).__name__}")
+    name, kind = _TYPE_OF[type(message)]
+    wire = kind.to_wire(message) if kind.to_wire else {f.name: getattr(message, f.name)
+                                                       for f in dataclasses.fields(message)}
+    address = {"session": message.session, "seq": message.seq, "ts": message.ts}
+    return msgpack.packb({"v": VERSION, "type": name, **address, **wire}, use_bin_type=True, default=_plain)
+
+
+def _plain(value: Any) -> Any:
+    """numpy scalars (a model's float32 output, say) as the Python numbers msgpack packs."""
+    if isinstance(value, np.generic):
+        return value.item()
+    raise TypeError(f"cannot encode {type(value).__name__}: use str, int, float, bool, bytes, list or dict")
+
+
+def decode(data: bytes, limits: Limits = Limits()) -> ClientMessage:
+    """A client message from its bytes, fully validated; anything wrong raises ProtocolError."""
+    return _decode(data, limits, _CLIENT)
+
+
+def decode_reply(data: bytes, limits: Limits = Limits()) -> Reply:
+    """A server message from its bytes (for clients); anything malformed raises ProtocolError."""
+    return _decode(data, limits, _REPLY)
+
+
+def _decode(data: bytes, limits: Limits, kinds: dict[str, _Kind]) -> Message:
+    raw = _unpack(data, limits)
+    session, seq = _address(raw, limits)
+    try:
+        _check_version(raw)
+        name = raw.get("type")
+        if "type" not in raw:
+            raise _Invalid(MISSING_FIELD, f"message has no type: send one of {', '.join(kinds)}")
+        if not isinstance(name, str) or name not in kinds:
+            _reject(UNKNOWN_TYPE, "type", name, f"send one of {', '.join(kinds)}")
+        kind = kinds[name]
+        values = {field.name: _read(raw, field, name, kind, limits) for field in kind.fields}
+        return kind.build(values, limits) if kind.build else kind.cls(**values)
+    except _Invalid as problem:
+        raise ProtocolError(problem.code, problem.message, session, seq) from None
+
+
+def _unpack(data: bytes, limits: Limits) -> dict:
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise ProtocolError(BAD_MSGPACK, f"decode takes bytes, got {type(data).__name__}: pass the received frame")
+    if len(data) > limits.max_message_bytes:  # before unpacking: an oversized message costs nothing more
+        raise ProtocolError(TOO_LARGE, f"message is {len(data)} bytes, the limit is {limits.max_message_bytes}: "
+                                       "send smaller chunks (shorter audio, JPEG or smaller frames, fewer steps)")
+    try:
+        raw = msgpack.unpackb(data, raw=False, strict_map_key=True, max_str_len=limits.max_message_bytes,
+                              max_bin_len=limits.max_message_bytes, max_array_len=limits.max_items,
+                              max_map_len=limits.max_items, max_ext_len=0)  # the protocol uses no ext types
+    except (msgpack.UnpackException, ValueError, TypeError, OverflowError) as error:
+        # ExtraData, FormatError, StackError, UnicodeDecodeError, limits exceeded, non-str map keys ...
+        raise ProtocolError(BAD_MSGPACK, f"not one valid msgpack value ({type(error).__name__}: "
+                                         f"{str(error)[:120]}): send one msgpack map per message, with str "
+                                         "keys, UTF-8 strings, bytes as bin and no ext types") from None
+    if not isinstance(raw, dict):
+        raise ProtocolError(BAD_MSGPACK, f"message is a msgpack {_wire_type(raw)}, not a map: send a msgpack "
+                                         "map with v, type, session, seq and ts")
+    return raw
+
+
+def _address(raw: dict, limits: Limits) -> tuple[str | None, int | None]:
+    """The session and seq of a message wherever they are readable, so an error reply can be addressed."""
+    def readable(field: _Field):
+        try:
+            return field.check(raw.get(field.name), field.name, limits)
+        except _Invalid:
+            return None
+    return readable(_ADDRESS[0]), readable(_ADDRESS[1])
+
+
+def _check_version(raw: dict) -> None:
+    version = raw.get("v")
+    if "v" not in raw:
+        raise _Invalid(BAD_VERSION, f"message has no protocol version v: send v={VERSION}")
+    if not _is_int(version) or version != VERSION:
+        _reject(BAD_VERSION, "protocol version v", version, f"send v={VERSION}, the only version spoken here")
+
+
+def _read(raw: dict, field: _Field, type_name: str, kind: _Kind, limits: Limits) -> Any:
+    value = raw.get(field.name)
+    if field.name not in raw or (value is None and field.default is None):
+        if field.default is _REQUIRED:
+            required = [f.name for f in kind.fields if f.default is _REQUIRED]
+            raise _Invalid(MISSING_FIELD, f"{type_name} has no {field.name}: send {type_name} with "
+                                          f"v, type, {', '.join(required)}")
+        return field.default
+    return field.check(value, f"{type_name} {field.name}", limits)

@@ -1,0 +1,186 @@
+"""`python -m grf_stream.serve`: the streaming server.
+
+    python -m grf_stream.serve                                   # embedded local Ray, default model
+    python -m grf_stream.serve --checkpoint runs/x/checkpoints/best.pt --address auto
+    python -m grf_stream.serve --config configs/serve/local.yaml port=5600 fusion_actors=2
+
+One ZeroMQ ROUTER socket on 127.0.0.1 (by default) takes msgpack messages from any number of
+clients (grf_stream/protocol.py); fusion runs in Ray actors, on the GPU when there is one. Every
+`stats_every_s` the server writes TensorBoard scalars (step latency p50/p99, steps per second,
+active sessions, errors) to `tensorboard_dir`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+from dataclasses import dataclass
+
+import numpy as np
+import ray
+import zmq
+import zmq.asyncio
+
+from grf_stream import protocol as p
+from grf_stream.config import load_config
+from grf_stream.data.store import FeatureSpec
+from grf_stream.default_model import load_serving_model
+from grf_stream.features import EXTRACTORS, FeatureSpecMismatch, feature_spec
+from grf_stream.frontend import FrontEnd, FrontEndConfig
+
+
+@dataclass
+class ServeConfig:
+    """Everything `python -m grf_stream.serve` can be told."""
+
+    host: str = "127.0.0.1"
+    """Interface to bind: 127.0.0.1 keeps the server local; 0.0.0.0 opens it (use curve then)."""
+    port: int = 5555
+    checkpoint: str = ""
+    """A trained checkpoint; empty = the model shipped with the package."""
+    address: str = ""
+    """Ray cluster: empty = an embedded local Ray; 'auto' or 'ray://host:port' = an existing one."""
+    fusion_actors: int = 1
+    """Fusion actors; sessions are pinned to one by a hash of their id."""
+    extractors_per_modality: int = 1
+    """Extractor actors per raw modality (text, audio, video)."""
+    use_gpu: bool = False
+    """Run each fusion actor on a GPU (set automatically when the cluster has one)."""
+    max_sessions: int = 256
+    idle_timeout_s: float = 30.0
+    max_batch: int = 64
+    max_wait_ms: float = 2.0
+    max_message_bytes: int = 8 * 1024 * 1024
+    tensorboard_dir: str = "runs/serve"
+    stats_every_s: float = 5.0
+
+
+class Server:
+    """The socket loop around a FrontEnd: receive, hand over, send what it answers."""
+
+    def __init__(self, frontend: FrontEnd, socket: zmq.asyncio.Socket, config: ServeConfig):
+        self.frontend, self.socket, self.config = frontend, socket, config
+
+    async def receive(self) -> None:
+        while True:
+            frames = await self.socket.recv_multipart()
+            if len(frames) != 2:  # a ROUTER sees [identity, payload] from a DEALER
+                continue
+            await self.frontend.handle(frames[0], frames[1])
+
+    async def send(self) -> None:
+        while True:
+            identity, message = await self.frontend.outbox.get()
+            await self.socket.send_multipart([identity, p.encode(message)])
+
+    async def reap(self) -> None:
+        while True:
+            await asyncio.sleep(min(1.0, self.config.idle_timeout_s / 4))
+            await self.frontend.reap_idle()
+
+    async def run(self) -> None:
+        shards = [self.frontend.run_shard(i) for i in range(self.frontend.fusion.shards)]
+        await asyncio.gather(self.receive(), self.send(), self.reap(), *shards, StatsBoard(self.frontend, self.config).run())
+
+
+class StatsBoard:
+    """Live numbers to TensorBoard: latency percentiles, throughput, sessions, errors."""
+
+    def __init__(self, frontend: FrontEnd, config: ServeConfig):
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.frontend, self.config = frontend, config
+        self.writer = SummaryWriter(config.tensorboard_dir)
+
+    async def run(self) -> None:
+        tick, last_steps = 0, 0
+        while True:
+            await asyncio.sleep(self.config.stats_every_s)
+            tick += 1
+            steps, latencies = self.frontend.stats["steps"], self.frontend.latencies_ms
+            self.frontend.latencies_ms = []
+            self.writer.add_scalar("serve/steps_per_s", (steps - last_steps) / self.config.stats_every_s, tick)
+            self.writer.add_scalar("serve/active_sessions", len(self.frontend.sessions), tick)
+            self.writer.add_scalar("serve/errors", self.frontend.stats["errors"], tick)
+            if latencies:
+                self.writer.add_scalar("serve/step_latency_p50_ms", float(np.percentile(latencies, 50)), tick)
+                self.writer.add_scalar("serve/step_latency_p99_ms", float(np.percentile(latencies, 99)), tick)
+            self.writer.flush()
+            last_steps = steps
+
+
+def start_ray(config: ServeConfig) -> None:
+    if config.address:
+        ray.init(address=config.address)
+    else:
+        ray.init(address="local", include_dashboard=False)  # never join a cluster by accident
+    if ray.cluster_resources().get("GPU", 0) >= config.fusion_actors:
+        config.use_gpu = True
+
+
+def refuse_mismatched_features(spec: FeatureSpec, raw: list[str]) -> None:
+    """The checkpoint must have been trained on what these extractors produce."""
+    problems = FeatureSpec({m: spec.modalities[m] for m in raw}).mismatches(feature_spec(raw))
+    if problems:
+        raise FeatureSpecMismatch("checkpoint features (first) do not match this server's extractors (second): "
+                                  + "; ".join(problems) + ". Retrain on features of these extractors "
+                                  "(python -m grf_stream.extract), or serve with the extractor versions it was trained on")
+
+
+async def serve(config: ServeConfig) -> None:
+    from actors.extractors import RayExtractors, start_extractor_pools
+    from actors.fusion import RayFusion
+
+    model, spec, label = load_serving_model(config.checkpoint or None)
+    raw = [m for m in model.config.modalities if m in EXTRACTORS]
+    refuse_mismatched_features(spec, raw)
+    start_ray(config)
+    frontend: FrontEnd | None = None
+
+    def copies(shard: int):
+        return {s.id: s.state for s in frontend.sessions.values() if frontend.shard(s.id) == shard}
+
+    fusion = RayFusion(model, config.fusion_actors, config.use_gpu, copies)
+    extractors = RayExtractors(start_extractor_pools(raw, config.extractors_per_modality)) if raw else None
+    rates = {m: spec.modalities[m].rate for m in raw}
+    frontend = FrontEnd(model.config.modalities, rates, fusion, extractors, FrontEndConfig(
+        config.max_sessions, config.idle_timeout_s, config.max_batch, config.max_wait_ms))
+    context = zmq.asyncio.Context()
+    socket = context.socket(zmq.ROUTER)
+    socket.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes + 1024)  # oversized: dropped by ZeroMQ itself
+    socket.bind(f"tcp://{config.host}:{config.port}")
+    print(f"grf-stream serving {label} on tcp://{config.host}:{config.port} "
+          f"({config.fusion_actors} fusion actor(s), {'GPU' if config.use_gpu else 'CPU'}); modalities "
+          f"{dict(model.config.modalities)}", flush=True)
+    try:
+        await Server(frontend, socket, config).run()
+    finally:
+        socket.close(linger=500)
+        context.term()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="a YAML file of configs/serve/")
+    parser.add_argument("--checkpoint", help="a trained checkpoint (default: the packaged model)")
+    parser.add_argument("--address", help="Ray cluster to join: auto or ray://host:port")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. port=5600 max_sessions=64")
+    args = parser.parse_args(argv)
+    config = load_config(ServeConfig, args.config, args.overrides)
+    config.checkpoint = args.checkpoint or config.checkpoint
+    config.address = args.address or config.address
+    loop = asyncio.new_event_loop()
+    task = loop.create_task(serve(config))
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        loop.run_until_complete(task)
+    except asyncio.CancelledError:
+        print("grf-stream stopped", flush=True)
+    finally:
+        ray.shutdown()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""Faults on real Ray actors: a killed fusion or extractor actor loses no session."""
+
+import asyncio
+
+import numpy as np
+import pytest
+import ray
+import torch
+from torch.testing import assert_close
+
+from actors.extractors import RayExtractors, start_extractor_pools
+from actors.fusion import RayFusion
+from grf_stream import protocol as p
+from grf_stream.frontend import FrontEnd, FrontEndConfig
+from grf_stream.model import GRF, GRFConfig
+
+SIZES = {"text": 384, "audio": 5, "video": 8}
+ORDER = ["audio", "video", "text"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(address="local", num_cpus=2, include_dashboard=False)
+    yield
+    ray.shutdown()
+
+
+def frontend(model, extractors=None):
+    front: FrontEnd | None = None
+
+    def copies(shard):
+        return {s.id: s.state for s in front.sessions.values() if front.shard(s.id) == shard}
+
+    front = FrontEnd(SIZES, {"audio": 100.0, "video": 30.0}, RayFusion(model, 1, False, copies), extractors,
+                     FrontEndConfig())
+    return front
+
+
+async def send(front, messages, wait_for: int):
+    """Send, then collect replies until `wait_for` predictions or errors have come back."""
+    for m in messages:
+        await front.handle(b"c", p.encode(m))
+    out = []
+    while len([r for r in out if isinstance(r, (p.Prediction, p.Error))]) < wait_for:
+        out.append((await asyncio.wait_for(front.outbox.get(), 60))[1])
+    return out
+
+
+@pytest.mark.parametrize("restarted_before_next_step", [False, True])
+def test_killing_the_fusion_actor_mid_stream_keeps_every_context(restarted_before_next_step):
+    torch.manual_seed(0)
+    model = GRF(GRFConfig(modalities=SIZES, d_model=32, num_layers=1, num_heads=2, d_ffn=64, dropout=0.0)).eval()
+    rng = np.random.default_rng(0)
+    data = {f"s{i}": {m: rng.standard_normal((3 + i, d)).astype(np.float32) for m, d in SIZES.items()} for i in range(4)}
+
+    async def scenario():
+        front = frontend(model)
+        runner = asyncio.create_task(front.run_shard(0))
+        await send(front, [p.Hello(s, 0, 0.0, ORDER, "window") for s in data], 0)
+        await asyncio.sleep(0.5)
+        got = []
+        for k, m in enumerate(ORDER):
+            if k == 2:
+                ray.kill(front.fusion.actors[0], no_restart=False)  # Ray restarts it, empty
+                if restarted_before_next_step:
+                    await asyncio.sleep(3)
+            msgs = [p.Features(s, k + 1, 0.0, m, xs[m], None) for s, xs in data.items()]
+            got += await send(front, msgs, len(data))
+        runner.cancel()
+        return got
+
+    got = asyncio.run(scenario())
+    assert not [r for r in got if isinstance(r, p.Error)]
+    for s, xs in data.items():
+        served = torch.tensor([r.value for r in got if isinstance(r, p.Prediction) and r.session == s])
+        expected = model({m: torch.from_numpy(x)[None] for m, x in xs.items()}, order=ORDER)
+        assert_close(served, expected.step_predictions[0])
+
+
+def test_killing_an_extractor_actor_loses_no_session():
+    torch.manual_seed(0)
+    model = GRF(GRFConfig(modalities=SIZES, d_model=32, num_layers=1, num_heads=2, d_ffn=64, dropout=0.0)).eval()
+
+    async def scenario():
+        front = frontend(model, RayExtractors(start_extractor_pools(["text"])))
+        runner = asyncio.create_task(front.run_shard(0))
+        await send(front, [p.Hello("s", 0, 0.0, ["text"], "window")], 0)
+        first = await send(front, [p.Text("s", 1, 1.0, "what a wonderful film", True)], 1)
+        ray.kill(front.extractors.pools["text"][0], no_restart=False)
+        second = await send(front, [p.Text("s", 2, 2.0, "and the acting is great", True)], 1)
+        runner.cancel()
+        return first + second
+
+    got = [r for r in asyncio.run(scenario()) if isinstance(r, (p.Prediction, p.Error))]
+    assert [type(r) for r in got] == [p.Prediction, p.Prediction], got
+    assert [r.step for r in got] == [1, 2]

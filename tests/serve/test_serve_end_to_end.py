@@ -1,0 +1,90 @@
+"""The server for real: `python -m grf_stream.serve` as a process, the client streaming real media."""
+
+import csv
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+MEDIA = ROOT.parent / "shared" / "data" / "media" / "Oz06ZWiO20M_6.mp4"
+LABELS = ROOT.parent / "shared" / "data" / "mosi" / "mosi_labels_transcripts.csv"
+needs_media = pytest.mark.skipif(not MEDIA.exists(), reason="needs ../shared/data (the CMU-MOSI clip and CSV)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server():
+    """The server process, started as a user starts it, stopped at the end."""
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "grf_stream.serve", f"port={port}", "idle_timeout_s=20"],
+                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    log = []
+    while time.time() < deadline:
+        line = process.stdout.readline()
+        log.append(line)
+        if "grf-stream serving" in line:
+            break
+        if process.poll() is not None:
+            pytest.fail("server exited:\n" + "".join(log))
+    else:
+        process.kill()
+        pytest.fail("server did not start in 120 s:\n" + "".join(log))
+    yield f"tcp://127.0.0.1:{port}"
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def client(server, *args, timeout=120):
+    return subprocess.run([sys.executable, "-m", "grf_stream.client", "--server", server, "--json", *args],
+                          cwd=ROOT, capture_output=True, text=True, timeout=timeout)
+
+
+def replies(result):
+    import json
+
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
+@needs_media
+def test_streaming_the_mosi_clip_gives_a_prediction_after_every_step_and_ends_cleanly(server, tmp_path):
+    with open(LABELS, newline="") as f:
+        row = next(r for r in csv.DictReader(f) if r["id"] == "Oz06ZWiO20M_6")
+    transcript = tmp_path / "transcript.csv"
+    transcript.write_text(f'start,end,text\n0,{float(row["end"]) - float(row["start"]):.2f},"{row["text"]}"\n')
+    result = client(server, "--video", str(MEDIA), "--transcript", str(transcript), "--speed", "2",
+                    "--session", "mosi")
+    assert result.returncode == 0, result.stdout + result.stderr
+    got = replies(result)
+    assert got[0]["type"] == "welcome" and got[-1] == {**got[-1], "type": "closed", "reason": "bye"}
+    predictions = [r for r in got if r["type"] == "prediction"]
+    assert {"text", "audio", "video"} <= set(predictions[-1]["modalities"])  # the context holds all three
+    assert [p["step"] for p in predictions] == list(range(1, len(predictions) + 1))  # one after every step
+    assert len(predictions) >= 10  # 7.5 s in 1 s windows of audio and video, and the phrase
+    assert got[-1]["stats"]["steps"] == len(predictions)
+    assert not [r for r in got if r["type"] == "error"]
+
+
+@needs_media
+def test_segment_policy_fuses_each_modality_once(server, tmp_path):
+    transcript = tmp_path / "t.csv"
+    transcript.write_text('start,end,text\n0,7.4,"AND SUCKER PUNCH IS A FAILER"\n')
+    result = client(server, "--video", str(MEDIA), "--transcript", str(transcript), "--speed", "4",
+                    "--window", "segment")
+    predictions = [r for r in replies(result) if r["type"] == "prediction"]
+    assert sorted(p["modality"] for p in predictions) == ["audio", "text", "video"]
+    assert [p["gate"] == 0 for p in predictions] == [True, False, False]

@@ -1,0 +1,107 @@
+"""The fusion engine without Ray: served predictions equal GRF.forward, sessions stay apart."""
+
+import numpy as np
+import pytest
+import torch
+from torch.testing import assert_close
+
+from grf_stream.fusion import FusionService, FusionState, StepRequest
+from grf_stream.model import GRF, GRFConfig
+
+SIZES = {"text": 12, "audio": 5, "vision": 8}
+
+
+@pytest.fixture
+def model():
+    torch.manual_seed(0)
+    return GRF(GRFConfig(modalities=SIZES, d_model=32, num_layers=2, num_heads=2, d_ffn=64)).eval()
+
+
+def window(rng, modality, steps):
+    return rng.standard_normal((steps, SIZES[modality])).astype(np.float32)
+
+
+def request(session, seq, modality, x):
+    return StepRequest(session, seq, modality, x, np.ones(len(x), bool))
+
+
+def test_served_predictions_equal_forward_on_the_same_features_and_order(model):
+    rng = np.random.default_rng(0)
+    order = ["vision", "text", "audio"]
+    sessions = {f"s{i}": {m: window(rng, m, 3 + 5 * i + j) for j, m in enumerate(order)} for i in range(4)}
+    service = FusionService(model)
+    for s in sessions:
+        service.open(s)
+    served = {s: [] for s in sessions}
+    for seq, m in enumerate(order):  # every session's step k in one batched call
+        for result in service.step([request(s, seq, m, f[m]) for s, f in sessions.items()]):
+            served[result.session].append(result.value)
+    for s, features in sessions.items():
+        expected = model({m: torch.from_numpy(x)[None] for m, x in features.items()}, order=order)
+        assert_close(torch.tensor(served[s]), expected.step_predictions[0])
+
+
+def test_batched_equals_alone_and_sessions_do_not_leak(model):
+    rng = np.random.default_rng(1)
+    steps = [(m, window(rng, m, 4 + i)) for i, m in enumerate(["text", "audio", "vision", "audio"])]
+    alone = FusionService(model)
+    alone.open("a")
+    expected = [alone.step([request("a", i, m, x)])[0] for i, (m, x) in enumerate(steps)]
+
+    crowd = FusionService(model)
+    for s in ("a", "b", "c"):
+        crowd.open(s)
+    got = []
+    for i, (m, x) in enumerate(steps):
+        noise = [request(s, i, m, window(rng, m, 9)) for s in ("b", "c")]
+        got.append(crowd.step([noise[0], request("a", i, m, x), noise[1]])[1])
+    assert_close(torch.tensor([r.value for r in got]), torch.tensor([r.value for r in expected]))
+    assert got[-1].modalities == ("text", "audio", "vision")  # what the context holds, each once
+
+
+def test_two_steps_of_one_session_in_one_call_apply_in_order(model):
+    rng = np.random.default_rng(2)
+    a, b = window(rng, "text", 5), window(rng, "audio", 7)
+    one_call = FusionService(model)
+    one_call.open("s")
+    together = one_call.step([request("s", 0, "text", a), request("s", 1, "audio", b)])
+    separate = FusionService(model)
+    separate.open("s")
+    apart = separate.step([request("s", 0, "text", a)]) + separate.step([request("s", 1, "audio", b)])
+    assert [r.value for r in together] == pytest.approx([r.value for r in apart], abs=1e-6)
+    assert [r.step for r in together] == [1, 2]
+
+
+def test_segments_restart_the_context_unless_carried(model):
+    rng = np.random.default_rng(3)
+    x = window(rng, "text", 6)
+    service = FusionService(model)
+    service.open("s")
+    first = service.step([request("s", 0, "text", x)])[0]
+    service.step([request("s", 1, "audio", window(rng, "audio", 5))])
+    assert service.end_segment("s") == 1
+    again = service.step([request("s", 2, "text", x)])[0]
+    assert (again.segment, again.step, again.value) == (1, 1, pytest.approx(first.value))
+    service.end_segment("s", carry_context=True)
+    carried = service.step([request("s", 3, "text", x)])[0]
+    assert carried.step == 1 and carried.gate > 0 and carried.value != pytest.approx(first.value)
+
+
+def test_reseeding_from_the_front_end_copy_continues_the_same_context(model):
+    rng = np.random.default_rng(4)
+    steps = [("text", window(rng, "text", 5)), ("audio", window(rng, "audio", 6)), ("vision", window(rng, "vision", 4))]
+    service = FusionService(model)
+    service.open("s")
+    results = [service.step([request("s", i, m, x)])[0] for i, (m, x) in enumerate(steps)]
+
+    restarted = FusionService(model)  # a fresh actor after a crash
+    copy = FusionState(results[1].context, results[1].segment, results[1].step, list(results[1].modalities))
+    restarted.open("s", copy)
+    assert restarted.step([request("s", 2, *steps[2])])[0].value == pytest.approx(results[2].value, abs=1e-6)
+
+
+def test_unknown_session_and_sequence_mode_are_refused(model):
+    with pytest.raises(KeyError, match="not open"):
+        FusionService(model).step([request("ghost", 0, "text", np.zeros((1, 12), np.float32))])
+    with pytest.raises(ValueError, match="init: pooled"):
+        FusionService(GRF(GRFConfig(modalities=SIZES, init="sequence", d_model=32, num_heads=2)))
