@@ -73,9 +73,11 @@ def read_transcript(path: Path) -> list[dict]:
 
 
 class Client:
-    def __init__(self, address: str, session: str, as_json: bool):
+    def __init__(self, address: str, session: str, as_json: bool, curve: tuple[Path, Path] | None = None):
         self.context = zmq.asyncio.Context()
         self.socket = self.context.socket(zmq.DEALER)
+        if curve is not None:
+            use_curve(self.socket, *curve)
         self.socket.connect(address)
         self.session, self.as_json = session, as_json
         self.seq = itertools.count()
@@ -128,8 +130,20 @@ class Client:
         self.context.term()
 
 
+def use_curve(socket: zmq.Socket, client_secret: Path, server_public: Path) -> None:
+    """Encrypt with CURVE: this client's key pair, and the server's public key to trust."""
+    from zmq.auth import load_certificate
+
+    public, secret = load_certificate(client_secret)
+    if secret is None:
+        raise SystemExit(f"{client_secret} holds no secret key: give this client's .key_secret file")
+    socket.curve_publickey, socket.curve_secretkey = public, secret
+    socket.curve_serverkey = load_certificate(server_public)[0]
+
+
 async def run(args) -> int:
-    client = Client(args.server, args.session or f"client-{uuid.uuid4().hex[:8]}", args.json)
+    curve = (args.curve_key, args.server_key) if args.curve_key else None
+    client = Client(args.server, args.session or f"client-{uuid.uuid4().hex[:8]}", args.json, curve)
     events = media_events(args.video, args.audio, args.transcript)
     kinds = {kind for _, kind, _ in events}
     modalities = [m for m in ("text", "audio", "video") if m in kinds]
@@ -160,6 +174,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--session", help="session id (default: a random one)")
     parser.add_argument("--json", action="store_true", help="one JSON object per reply")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server at the end")
+    parser.add_argument("--curve-key", type=Path, help="CURVE: this client's .key_secret file")
+    parser.add_argument("--server-key", type=Path, help="CURVE: the server's public .key file")
     args = parser.parse_args(argv)
     sys.exit(asyncio.run(run(args)))
 

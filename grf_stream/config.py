@@ -116,7 +116,11 @@ def to_dict(config: Any) -> dict[str, Any]:
 
 # Folder under configs/ -> "module:dataclass" its files describe (imported on use: the trainer's
 # and the server's configs live with them).
-CONFIG_KINDS = {"model": "grf_stream.model:GRFConfig", "train": "trainer.config:TrainConfig"}
+CONFIG_KINDS = {
+    "model": "grf_stream.model:GRFConfig",
+    "train": "trainer.config:TrainConfig",
+    "serve": "grf_stream.serve:ServeConfig",
+}
 
 
 def config_class(kind: str) -> type:

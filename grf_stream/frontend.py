@@ -81,7 +81,8 @@ class FrontEnd:
         self.queues = [asyncio.Queue() for _ in range(fusion.shards)]
         self.received_at: dict[tuple[str, int, str], float] = {}  # (session, seq, modality) -> when queued
         self.stats = {"steps": 0, "errors": 0, "drops": 0}
-        self.latencies_ms: list[float] = []
+        self.latencies_ms: list[float] = []  # since the stats board last read them
+        self.gates: dict[str, list[float]] = {}  # modality -> mean gate of each fusion step, likewise
 
     def shard(self, session: str) -> int:
         return zlib.crc32(session.encode()) % self.fusion.shards  # stable across restarts
@@ -95,13 +96,15 @@ class FrontEnd:
             if isinstance(message, p.Hello):
                 await self.open(identity, message)
             else:
-                self.route(message)
+                self.route(identity, message)
         except p.ProtocolError as error:
             self.reply_error(identity, error.code, error.message, error.session, error.seq)
 
-    def route(self, message: p.Message) -> None:
+    def route(self, identity: bytes, message: p.Message) -> None:
         """Into the session's inbox, applying the late-data rules."""
         session = self.sessions.get(message.session)
+        if session is not None and session.identity != identity:
+            session = None  # another connection's session: as good as unknown to this one
         if session is None or session.closing:
             state = "is closing" if session is not None else "is not open: send hello first"
             raise p.ProtocolError(p.UNKNOWN_SESSION, f"session {message.session!r} {state}",
@@ -327,6 +330,8 @@ class FrontEnd:
         session.record(result)
         latency_ms = (self.clock() - started) * 1000 if started is not None else 0.0
         self.latencies_ms.append(latency_ms)
+        if result.step > 1:  # a segment's first step has no gate
+            self.gates.setdefault(result.modality, []).append(result.gate)
         self.stats["steps"] += 1
         self.send(session.identity, p.Prediction(
             result.session, result.seq, time.time(), result.segment, result.step, result.modality,

@@ -7,7 +7,7 @@
 One ZeroMQ ROUTER socket on 127.0.0.1 (by default) takes msgpack messages from any number of
 clients (grf_stream/protocol.py); fusion runs in Ray actors, on the GPU when there is one. Every
 `stats_every_s` the server writes TensorBoard scalars (step latency p50/p99, steps per second,
-active sessions, errors) to `tensorboard_dir`.
+active sessions, errors, dropped chunks, mean gate per modality) to `tensorboard_dir`.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import argparse
 import asyncio
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import ray
@@ -52,6 +53,10 @@ class ServeConfig:
     max_batch: int = 64
     max_wait_ms: float = 2.0
     max_message_bytes: int = 8 * 1024 * 1024
+    curve_server_key: str = ""
+    """CURVE encryption: the server's secret key file (python -m grf_stream.keys); empty = plain TCP."""
+    curve_clients_dir: str = ""
+    """With CURVE: a directory of the public key files of the clients allowed in; all others get nothing."""
     tensorboard_dir: str = "runs/serve"
     stats_every_s: float = 5.0
 
@@ -98,11 +103,14 @@ class StatsBoard:
         while True:
             await asyncio.sleep(self.config.stats_every_s)
             tick += 1
-            steps, latencies = self.frontend.stats["steps"], self.frontend.latencies_ms
-            self.frontend.latencies_ms = []
+            steps, latencies, gates = self.frontend.stats["steps"], self.frontend.latencies_ms, self.frontend.gates
+            self.frontend.latencies_ms, self.frontend.gates = [], {}
             self.writer.add_scalar("serve/steps_per_s", (steps - last_steps) / self.config.stats_every_s, tick)
             self.writer.add_scalar("serve/active_sessions", len(self.frontend.sessions), tick)
             self.writer.add_scalar("serve/errors", self.frontend.stats["errors"], tick)
+            self.writer.add_scalar("serve/drops", self.frontend.stats["drops"], tick)
+            for modality, values in gates.items():
+                self.writer.add_scalar(f"serve/gate_mean/{modality}", float(np.mean(values)), tick)
             if latencies:
                 self.writer.add_scalar("serve/step_latency_p50_ms", float(np.percentile(latencies, 50)), tick)
                 self.writer.add_scalar("serve/step_latency_p99_ms", float(np.percentile(latencies, 99)), tick)
@@ -117,6 +125,23 @@ def start_ray(config: ServeConfig) -> None:
         ray.init(address="local", include_dashboard=False)  # never join a cluster by accident
     if ray.cluster_resources().get("GPU", 0) >= config.fusion_actors:
         config.use_gpu = True
+
+
+def secure(socket: zmq.asyncio.Socket, context: zmq.asyncio.Context, config: ServeConfig):
+    """CURVE on the socket, and pyzmq's authenticator admitting only the allowed clients' keys."""
+    from zmq.auth import load_certificate
+    from zmq.auth.asyncio import AsyncioAuthenticator
+
+    if not Path(config.curve_clients_dir).is_dir():
+        raise SystemExit(f"curve_clients_dir={config.curve_clients_dir!r} is not a directory of client public keys")
+    authenticator = AsyncioAuthenticator(context)
+    authenticator.start()
+    authenticator.configure_curve(domain="*", location=config.curve_clients_dir)
+    public, secret = load_certificate(config.curve_server_key)
+    if secret is None:
+        raise SystemExit(f"{config.curve_server_key} holds no secret key: give the .key_secret file")
+    socket.curve_secretkey, socket.curve_publickey, socket.curve_server = secret, public, True
+    return authenticator
 
 
 def refuse_mismatched_features(spec: FeatureSpec, raw: list[str]) -> None:
@@ -148,6 +173,7 @@ async def serve(config: ServeConfig) -> None:
         config.max_sessions, config.idle_timeout_s, config.max_batch, config.max_wait_ms))
     context = zmq.asyncio.Context()
     socket = context.socket(zmq.ROUTER)
+    authenticator = secure(socket, context, config) if config.curve_server_key else None
     socket.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes + 1024)  # oversized: dropped by ZeroMQ itself
     socket.bind(f"tcp://{config.host}:{config.port}")
     print(f"grf-stream serving {label} on tcp://{config.host}:{config.port} "
@@ -156,6 +182,8 @@ async def serve(config: ServeConfig) -> None:
     try:
         await Server(frontend, socket, config).run()
     finally:
+        if authenticator is not None:
+            authenticator.stop()
         socket.close(linger=500)
         context.term()
 

@@ -145,3 +145,60 @@ def test_many_sessions_on_several_shards_keep_their_contexts_apart():
         served = torch.tensor([r.value for r in replies if r.session == s])
         expected = model({m: torch.from_numpy(x).float()[None] for m, x in xs.items()}, order=["video", "text", "audio"])
         assert_close(served, expected.step_predictions[0])
+
+
+class SlowExtractors:
+    """Extraction that waits until released, so chunks pile up as behind a slow extractor."""
+
+    def __init__(self):
+        self.release = asyncio.Event()
+        self.seen = []
+
+    async def extract(self, modality, session, chunk):
+        await self.release.wait()
+        self.seen.append((modality, chunk))
+        size = {"video": 8, "audio": 5, "text": 12}[modality]
+        return np.ones((1, size), np.float32), np.ones(1, bool)
+
+    async def flush(self, modality, session):
+        return np.zeros((0, 8 if modality == "video" else 5), np.float32), np.zeros(0, bool)
+
+    async def close(self, session):
+        pass
+
+
+def test_late_video_keeps_the_newest_frame_audio_drops_the_oldest_text_drops_nothing():
+    front, _ = make_frontend(max_audio_chunks=3)
+    slow = SlowExtractors()
+    front.extractors = slow
+    jpeg = b"\xff\xd8" + bytes(16)
+    pcm = np.zeros(160, np.int16)
+
+    async def scenario():
+        await exchange(front, [hello(window="segment")])
+        sent = [p.Video("s", 1, 1.0, jpeg)]  # taken by the worker at once, then it waits
+        sent += [p.Video("s", 2 + i, 2.0, jpeg[:2] + bytes([i]) * 16) for i in range(5)]  # only the last survives
+        sent += [p.Audio("s", 10 + i, 3.0, pcm + i, 16000) for i in range(6)]  # 3 fit: the 3 oldest go
+        sent += [p.Text("s", 20 + i, 4.0, f"phrase {i}", True) for i in range(4)]  # all kept
+        replies = await exchange(front, sent)
+        slow.release.set()
+        return replies + await exchange(front, [p.Bye("s", 30, 5.0)])
+
+    replies = run(scenario())
+    closed = replies[-1]
+    assert isinstance(closed, p.Closed) and closed.stats["drops_video"] == 4 and closed.stats["drops_audio"] == 3
+    kinds = [m for m, _ in slow.seen]
+    assert kinds == ["video", "video", "audio", "audio", "audio", "text", "text", "text", "text"]
+    assert slow.seen[1][1] == jpeg[:2] + bytes([4]) * 16  # the newest frame
+    assert [int(chunk.samples[0]) for m, chunk in slow.seen if m == "audio"] == [3, 4, 5]  # the newest audio
+
+
+def test_a_session_answers_only_the_connection_that_opened_it():
+    front, _ = make_frontend()
+
+    async def scenario():
+        await exchange(front, [hello("mine")], identity=b"owner")
+        return await exchange(front, [features("mine", 1, "text", np.ones((2, 12)))], identity=b"intruder")
+
+    (reply,) = run(scenario())
+    assert reply.code == p.UNKNOWN_SESSION and front.sessions["mine"].last_seq == 0

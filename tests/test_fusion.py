@@ -105,3 +105,20 @@ def test_unknown_session_and_sequence_mode_are_refused(model):
         FusionService(model).step([request("ghost", 0, "text", np.zeros((1, 12), np.float32))])
     with pytest.raises(ValueError, match="init: pooled"):
         FusionService(GRF(GRFConfig(modalities=SIZES, init="sequence", d_model=32, num_heads=2)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_gpu_served_predictions_equal_forward(model):
+    rng = np.random.default_rng(5)
+    order = ["text", "audio", "vision"]
+    sessions = {f"s{i}": {m: window(rng, m, 2 + 3 * i + j) for j, m in enumerate(order)} for i in range(8)}
+    service = FusionService(model, device="cuda")
+    for s in sessions:
+        service.open(s)
+    served = {s: [] for s in sessions}
+    for seq, m in enumerate(order):
+        for result in service.step([request(s, seq, m, f[m]) for s, f in sessions.items()]):
+            served[result.session].append(result.value)
+    for s, features in sessions.items():
+        expected = model.to("cuda")({m: torch.from_numpy(x)[None].cuda() for m, x in features.items()}, order=order)
+        assert_close(torch.tensor(served[s]), expected.step_predictions[0].cpu())

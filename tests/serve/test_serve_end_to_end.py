@@ -23,11 +23,17 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server():
+def board(tmp_path_factory):
+    return tmp_path_factory.mktemp("serve_board")
+
+
+@pytest.fixture(scope="module")
+def server(board):
     """The server process, started as a user starts it, stopped at the end."""
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "grf_stream.serve", f"port={port}", "idle_timeout_s=20"],
+    process = subprocess.Popen([sys.executable, "-m", "grf_stream.serve", f"port={port}", "idle_timeout_s=20",
+                                f"tensorboard_dir={board}", "stats_every_s=0.5"],
                                cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.time() + 120
     log = []
@@ -88,3 +94,19 @@ def test_segment_policy_fuses_each_modality_once(server, tmp_path):
     predictions = [r for r in replies(result) if r["type"] == "prediction"]
     assert sorted(p["modality"] for p in predictions) == ["audio", "text", "video"]
     assert [p["gate"] == 0 for p in predictions] == [True, False, False]
+
+
+def test_the_server_writes_its_numbers_to_tensorboard(server, board):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    client(server, "--transcript", str(write_transcript(board)), "--speed", "10")
+    time.sleep(1.5)
+    tags = EventAccumulator(str(board)).Reload().Tags()["scalars"]
+    for tag in ("serve/steps_per_s", "serve/active_sessions", "serve/step_latency_p50_ms", "serve/step_latency_p99_ms"):
+        assert tag in tags, tags
+
+
+def write_transcript(folder):
+    path = folder / "phrases.csv"
+    path.write_text('start,end,text\n0,0.5,"I liked it"\n0.5,1.0,"but not the ending"\n')
+    return path

@@ -1,0 +1,216 @@
+"""Serving latency: the model's own step time against end to end through `python -m grf_stream.serve`.
+
+In one run: the model-only time of one fusion step (FusionService, no Ray, no sockets); then the
+real server, batched (max_batch=64) and unbatched (max_batch=1), with 1, 8, 32 and 128 concurrent
+sessions, each sending one `features` step every 100 ms (1 s of audio, 1 s of video or a phrase of
+text, in turn), timed from sending a message to receiving its prediction; then one long run at
+32 sessions to see whether latency grows (p99 of the first and of the last 10 s).
+
+    python bench/serve_latency.py [--seconds 10] [--long-seconds 60] [--write BENCHMARKS.md]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from grf_stream import protocol as p
+from grf_stream.fusion import FusionService, StepRequest
+from grf_stream.model import GRF, GRFConfig
+
+ROOT = Path(__file__).resolve().parents[1]
+MARK_START, MARK_END = "<!-- serve-latency:start -->", "<!-- serve-latency:end -->"
+WINDOWS = {"audio": 100, "video": 30, "text": 12}  # rows of one step: 1 s of audio or video, one phrase
+# The served extractors' feature sizes (grf_stream/features), written out so that `--model-only` runs
+# where the extractors' own libraries are not installed (a bare GPU machine).
+SERVED_SIZES = {"text": 384, "audio": 26, "video": 17}
+
+
+def served_model() -> GRF:
+    """The architecture the server runs by default, untrained (weights do not change the timing)."""
+    torch.manual_seed(0)
+    return GRF(GRFConfig(modalities=SERVED_SIZES, order=list(SERVED_SIZES), dropout=0.0)).eval()
+
+
+def step_windows(sizes: dict[str, int], rng) -> list[tuple[str, np.ndarray]]:
+    return [(m, rng.standard_normal((WINDOWS[m], sizes[m])).astype(np.float32)) for m in ("audio", "video", "text")]
+
+
+def model_step_ms(sessions: int = 1, device: str = "cpu", repeats: int = 300) -> dict[str, float]:
+    """A fusion step of `sessions` sessions in one call of the plain service: the floor under serving."""
+    torch.set_num_threads(1)
+    service = FusionService(served_model(), device)
+    names = [f"s{i}" for i in range(sessions)]
+    for name in names:
+        service.open(name)
+    windows = step_windows(SERVED_SIZES, np.random.default_rng(0))
+    times = []
+    for i in range(repeats):
+        modality, x = windows[i % 3]
+        mask = np.ones(len(x), bool)
+        started = time.perf_counter()
+        service.step([StepRequest(name, i, modality, x, mask) for name in names])
+        times.append((time.perf_counter() - started) * 1000)
+    times = times[30:]  # warm-up
+    return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99)),
+            "steps_per_s": sessions * 1000 / float(np.mean(times))}
+
+
+def model_only_table(device: str) -> str:
+    """How batching sessions into one call pays off for the model alone, on this device."""
+    lines = [f"Model only, {device} ({torch.cuda.get_device_name() if device == 'cuda' else platform.machine()}):", "",
+             "| sessions per call | p50 ms | p99 ms | steps/s |", "|---|---|---|---|"]
+    for sessions in (1, 8, 32, 128):
+        r = model_step_ms(sessions, device, repeats=120)
+        lines.append(f"| {sessions} | {r['p50']:.2f} | {r['p99']:.2f} | {r['steps_per_s']:.0f} |")
+    return "\n".join(lines)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(max_batch: int) -> tuple[subprocess.Popen, str]:
+    port = free_port()
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "grf_stream.serve", f"port={port}", f"max_batch={max_batch}", "max_sessions=512",
+         "stats_every_s=1000", "tensorboard_dir=/tmp/grf_serve_bench"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while "grf-stream serving" not in (line := process.stdout.readline()):
+        if process.poll() is not None or not line:
+            raise SystemExit("server did not start")
+    return process, f"tcp://127.0.0.1:{port}"
+
+
+async def session_load(address: str, name: str, sizes, seconds: float, period: float, records: list) -> None:
+    """One session: a features step every `period` seconds; (send time, latency ms) per prediction."""
+    import zmq.asyncio
+
+    context = zmq.asyncio.Context.instance()
+    sock = context.socket(zmq.DEALER)
+    sock.linger = 0
+    sock.connect(address)
+    await sock.send(p.encode(p.Hello(name, 0, 0.0, ["audio", "video", "text"], "window")))
+    p.decode_reply(await sock.recv())  # welcome
+    windows = step_windows(sizes, np.random.default_rng(hash(name) % 2**32))
+    sent: dict[int, float] = {}
+
+    async def receive():
+        while True:
+            reply = p.decode_reply(await sock.recv())
+            if isinstance(reply, p.Prediction):
+                started = sent.pop(reply.seq)
+                records.append((started, (time.perf_counter() - started) * 1000))
+
+    receiver = asyncio.create_task(receive())
+    start = time.perf_counter()
+    seq = 1
+    await asyncio.sleep(np.random.default_rng(seq).uniform(0, period))  # sessions out of phase
+    while time.perf_counter() - start < seconds:
+        modality, x = windows[seq % 3]
+        sent[seq] = time.perf_counter()
+        await sock.send(p.encode(p.Features(name, seq, time.time(), modality, x, None)))
+        seq += 1
+        await asyncio.sleep(max(0.0, start + seq * period - time.perf_counter()))
+    await asyncio.sleep(1.0)  # the last answers
+    receiver.cancel()
+    await sock.send(p.encode(p.Bye(name, seq, time.time())))
+    sock.close()
+
+
+async def load(address: str, sessions: int, seconds: float, sizes) -> list[tuple[float, float]]:
+    records: list[tuple[float, float]] = []
+    await asyncio.gather(*[session_load(address, f"bench-{sessions}-{i}-{time.time_ns()}", sizes, seconds, 0.1, records)
+                           for i in range(sessions)])
+    return records
+
+
+def summarize(records, seconds: float) -> dict[str, float]:
+    latencies = [ms for _, ms in records]
+    return {"p50": float(np.percentile(latencies, 50)), "p99": float(np.percentile(latencies, 99)),
+            "steps_per_s": len(records) / seconds}
+
+
+def report(model_ms, results, long_run, args) -> str:
+    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
+    lines = [
+        f"Machine: {cpu or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; the server, "
+        "its Ray actors and this load generator share the machine.",
+        f"Model-only fusion step (FusionService, one session, 1 thread): p50 {model_ms['p50']:.2f} ms, "
+        f"p99 {model_ms['p99']:.2f} ms.",
+        "",
+        "| sessions | mode | steps/s offered | steps/s answered | p50 ms | p99 ms | overhead p50 ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for (sessions, mode), r in results.items():
+        lines.append(f"| {sessions} | {mode} | {sessions * 10} | {r['steps_per_s']:.0f} | {r['p50']:.1f} | "
+                     f"{r['p99']:.1f} | {r['p50'] - model_ms['p50']:.1f} |")
+    if long_run:
+        lines += ["", f"Long run, 32 sessions batched, {args.long_seconds:.0f} s: p99 {long_run[0]:.1f} ms in the "
+                      f"first 10 s, {long_run[1]:.1f} ms in the last 10 s."]
+    return "\n".join(lines)
+
+
+def write_section(path: Path, body: str, command: str) -> None:
+    section = f"{MARK_START}\nCommand: `{command}`\n\n{body}\n{MARK_END}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if MARK_START in text:
+        head, rest = text.split(MARK_START, 1)
+        text = head + section + rest.split(MARK_END, 1)[1]
+    else:
+        text = text.rstrip() + "\n\n## Serving latency\n\n" + section + "\n"
+    path.write_text(text)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sessions", type=int, nargs="+", default=[1, 8, 32, 128])
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--long-seconds", type=float, default=60.0, help="0 skips the long run")
+    parser.add_argument("--model-only", metavar="DEVICE", help="only the model's step time, on cpu or cuda")
+    parser.add_argument("--write", type=Path)
+    args = parser.parse_args()
+    if args.model_only:
+        print(model_only_table(args.model_only))
+        return
+    model_ms = model_step_ms()
+    sizes = SERVED_SIZES
+    results, long_run = {}, None
+    for mode, max_batch in (("batched", 64), ("unbatched", 1)):
+        process, address = start_server(max_batch)
+        try:
+            for sessions in args.sessions:
+                records = asyncio.run(load(address, sessions, args.seconds, sizes))
+                results[sessions, mode] = summarize(records, args.seconds)
+                print(sessions, mode, results[sessions, mode], flush=True)
+            if mode == "batched" and args.long_seconds:
+                records = asyncio.run(load(address, 32, args.long_seconds, sizes))
+                t0 = min(t for t, _ in records)
+                first = [ms for t, ms in records if t - t0 < 10]
+                last = [ms for t, ms in records if t - t0 > args.long_seconds - 10]
+                long_run = (float(np.percentile(first, 99)), float(np.percentile(last, 99)))
+        finally:
+            process.terminate()
+            process.wait(timeout=30)
+    body = report(model_ms, results, long_run, args)
+    print("\n" + body)
+    if args.write:
+        flags = [a for a in sys.argv[1:] if a not in ("--write", str(args.write))]
+        write_section(args.write, body, " ".join(["python bench/serve_latency.py", *flags]))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,68 @@
+"""CURVE: with an allow-list, only clients holding an allowed key get answers."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import zmq
+
+from grf_stream import protocol as p
+from grf_stream.client import use_curve
+from grf_stream.keys import make_keys
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("keys")
+    make_keys(directory, "server", ["allowed"])
+    make_keys(directory / "other", "unused", ["stranger"])  # a key pair the server never heard of
+    return directory
+
+
+@pytest.fixture(scope="module")
+def server(keys):
+    with zmq.Context() as probe:  # a free port
+        s = probe.socket(zmq.ROUTER)
+        port = s.bind_to_random_port("tcp://127.0.0.1")
+        s.close()
+    args = [sys.executable, "-m", "grf_stream.serve", f"port={port}",
+            f"curve_server_key={keys / 'server.key_secret'}", f"curve_clients_dir={keys / 'clients'}"]
+    process = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and "grf-stream serving" not in process.stdout.readline():
+        if process.poll() is not None:
+            pytest.fail("server exited")
+    yield f"tcp://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def say_hello(server, curve=None, wait_s=3.0):
+    """The reply to a hello, or None when nothing comes back within wait_s."""
+    with zmq.Context() as context:
+        socket = context.socket(zmq.DEALER)
+        socket.linger = 0
+        if curve is not None:
+            use_curve(socket, *curve)
+        socket.connect(server)
+        socket.send(p.encode(p.Hello("curve-test", 0, 0.0, ["text"], "window")))
+        answered = socket.poll(int(wait_s * 1000))
+        reply = p.decode_reply(socket.recv()) if answered else None
+        socket.close()
+        return reply
+
+
+def test_allowed_client_is_welcomed(server, keys):
+    reply = say_hello(server, (keys / "allowed.key_secret", keys / "server.key"), wait_s=30)
+    assert isinstance(reply, p.Welcome)
+
+
+def test_a_client_without_an_allowed_key_gets_nothing(server, keys):
+    assert say_hello(server, (keys / "other" / "stranger.key_secret", keys / "server.key")) is None
+    assert say_hello(server) is None  # no encryption at all
