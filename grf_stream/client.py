@@ -2,7 +2,7 @@
 
     python -m grf_stream.client --video talk.mp4 --transcript talk.csv     # replayed in real time
     python -m grf_stream.client --audio speech.wav --transcript speech.csv --speed 4
-    python -m grf_stream.client --webcam --transcript-stdin                 # live
+    python -m grf_stream.client --webcam --mic --transcript-stdin           # live
     python -m grf_stream.client --video talk.mp4 --json                     # one JSON object per reply
 
 A video file gives its frames (30 per second, as JPEG) and its sound track; a transcript CSV has
@@ -125,6 +125,62 @@ class Client:
                 await self.send(p.Text, payload, True)
         await self.send(p.Bye)
 
+    async def live(self, webcam: int | None, mic: str | None, stdin: bool, window: str, window_s: float) -> None:
+        """Stream capture devices and typed phrases until stdin ends (or Ctrl-C), then say bye."""
+        modalities = [m for m, on in (("video", webcam is not None), ("audio", mic), ("text", stdin)) if on]
+        await self.send(p.Hello, modalities, window, SAMPLE_RATE, window_s, False)
+        sources = [self.webcam(webcam)] if webcam is not None else []
+        sources += [self.microphone(mic)] if mic else []
+        producers = [asyncio.create_task(source) for source in sources]
+        try:
+            if stdin:
+                await self.phrases()
+            else:
+                await asyncio.gather(*producers)
+        finally:
+            for task in producers:
+                task.cancel()
+            await self.send(p.Bye)
+
+    async def webcam(self, device: int) -> None:
+        capture = cv2.VideoCapture(device)
+        if not capture.isOpened():
+            raise SystemExit(f"cannot open webcam {device}: check --webcam N and that the camera is free")
+        loop = asyncio.get_running_loop()
+        while True:
+            ok, frame = await loop.run_in_executor(None, capture.read)
+            if not ok:
+                return
+            await self.send(p.Video, cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes(), None)
+
+    async def microphone(self, device: str) -> None:
+        """PCM16 at 16 kHz in 100 ms chunks from an ALSA device, through PyAV (FFmpeg's capture)."""
+        import av
+
+        loop = asyncio.get_running_loop()
+        try:
+            container = av.open(device, format="alsa")
+        except av.error.FFmpegError as error:
+            raise SystemExit(f"cannot open microphone {device!r} ({error}): give an ALSA device, e.g. --mic default")
+        resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
+        frames = container.decode(audio=0)
+        pending = np.zeros(0, np.int16)
+        while True:
+            frame = await loop.run_in_executor(None, next, frames)
+            for chunk in resampler.resample(frame):
+                pending = np.concatenate([pending, chunk.to_ndarray().reshape(-1)])
+            step = int(AUDIO_CHUNK_S * SAMPLE_RATE)
+            while len(pending) >= step:
+                await self.send(p.Audio, pending[:step], SAMPLE_RATE)
+                pending = pending[step:]
+
+    async def phrases(self) -> None:
+        """One final transcript phrase per line typed (or piped) on stdin."""
+        loop = asyncio.get_running_loop()
+        while line := await loop.run_in_executor(None, sys.stdin.readline):
+            if line.strip():
+                await self.send(p.Text, line.strip(), True)
+
     def close(self) -> None:
         self.socket.close(linger=1000)
         self.context.term()
@@ -144,14 +200,17 @@ def use_curve(socket: zmq.Socket, client_secret: Path, server_public: Path) -> N
 async def run(args) -> int:
     curve = (args.curve_key, args.server_key) if args.curve_key else None
     client = Client(args.server, args.session or f"client-{uuid.uuid4().hex[:8]}", args.json, curve)
-    events = media_events(args.video, args.audio, args.transcript)
-    kinds = {kind for _, kind, _ in events}
-    modalities = [m for m in ("text", "audio", "video") if m in kinds]
-    if not modalities:
-        raise SystemExit("nothing to send: give --video, --audio and/or --transcript")
     receiver = asyncio.create_task(client.receive())
     try:
-        await client.replay(events, modalities, args.window, args.window_s, args.speed)
+        if args.webcam is not None or args.mic or args.transcript_stdin:
+            await client.live(args.webcam, args.mic, args.transcript_stdin, args.window, args.window_s)
+        else:
+            events = media_events(args.video, args.audio, args.transcript)
+            modalities = [m for m in ("text", "audio", "video") if m in {kind for _, kind, _ in events}]
+            if not modalities:
+                raise SystemExit("nothing to send: give --video, --audio and/or --transcript (or --webcam, --mic, "
+                                 "--transcript-stdin)")
+            await client.replay(events, modalities, args.window, args.window_s, args.speed)
         await asyncio.wait_for(client.closed.wait(), args.timeout)
     except asyncio.TimeoutError:
         print(f"no 'closed' from the server within {args.timeout} s", file=sys.stderr)
@@ -168,6 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--video", type=Path, help="a video file to replay (frames and sound)")
     parser.add_argument("--audio", type=Path, help="an audio file to replay (wav, flac, ...)")
     parser.add_argument("--transcript", type=Path, help="CSV with start, end, text")
+    parser.add_argument("--webcam", type=int, nargs="?", const=0, help="live: stream this camera (default 0)")
+    parser.add_argument("--mic", nargs="?", const="default", help="live: stream this ALSA microphone (default 'default')")
+    parser.add_argument("--transcript-stdin", action="store_true", help="live: each line on stdin is a phrase")
     parser.add_argument("--window", choices=("window", "segment"), default="window")
     parser.add_argument("--window-s", type=float, default=1.0)
     parser.add_argument("--speed", type=float, default=1.0, help="replay speed: 1 = real time")

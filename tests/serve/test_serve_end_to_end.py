@@ -110,3 +110,12 @@ def write_transcript(folder):
     path = folder / "phrases.csv"
     path.write_text('start,end,text\n0,0.5,"I liked it"\n0.5,1.0,"but not the ending"\n')
     return path
+
+
+def test_live_phrases_from_stdin(server):
+    result = subprocess.run([sys.executable, "-m", "grf_stream.client", "--server", server, "--json", "--transcript-stdin"],
+                            cwd=ROOT, input="what a wonderful film\n\nbut the ending was weak\n", capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    predictions = [r for r in replies(result) if r["type"] == "prediction"]
+    assert [(p["step"], p["modality"]) for p in predictions] == [(1, "text"), (2, "text")]

@@ -81,8 +81,9 @@ def test_tensorboard_shows_losses_metrics_gates_and_contexts(tmp_path):
     assert projector.count("embeddings") == 3 and "context_h3_vision" in projector
 
 
-def test_evaluate_prints_the_table_and_every_order(tmp_path, capsys):
-    out = run(tmp_path, "evaluated", "train.epochs=1")
+def test_windowed_training_and_evaluate_prints_the_table_and_every_order(tmp_path, capsys):
+    # Audio and vision cut into windows fused as separate steps, as the window serving policy does.
+    out = run(tmp_path, "evaluated", "train.epochs=1", "train.window_steps={audio: 8, vision: 8}")
     evaluate.main([str(out / "checkpoints" / "best.pt"), "--orders", "all", "--json", str(tmp_path / "m.json")])
     table = capsys.readouterr().out
     assert "text-audio-vision" in table and "vision-audio-text" in table
