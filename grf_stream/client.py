@@ -4,6 +4,7 @@
     python -m grf_stream.client --audio speech.wav --transcript speech.csv --speed 4
     python -m grf_stream.client --webcam --mic --transcript-stdin           # live
     python -m grf_stream.client --video talk.mp4 --json                     # one JSON object per reply
+    python -m grf_stream.client --stats                                     # the server's live numbers
 
 A video file gives its frames (30 per second, as JPEG) and its sound track; a transcript CSV has
 the columns start, end, text (seconds from the start of the media); each phrase is sent when it
@@ -197,9 +198,29 @@ def use_curve(socket: zmq.Socket, client_secret: Path, server_public: Path) -> N
     socket.curve_serverkey = load_certificate(server_public)[0]
 
 
+async def show_stats(client: Client, every_s: float, count: int) -> int:
+    """Ask for the server's live numbers every `every_s` seconds, `count` times (0: until Ctrl-C)."""
+    for i in itertools.count():
+        await client.send(p.StatsRequest)
+        reply = p.decode_reply(await asyncio.wait_for(client.socket.recv(), 10))
+        if client.as_json:
+            print(json.dumps(reply.numbers), flush=True)
+        else:
+            print("  ".join(f"{k} {v:.1f}" if isinstance(v, float) else f"{k} {v}" for k, v in reply.numbers.items()),
+                  flush=True)
+        if count and i + 1 >= count:
+            return 0
+        await asyncio.sleep(every_s)
+
+
 async def run(args) -> int:
     curve = (args.curve_key, args.server_key) if args.curve_key else None
     client = Client(args.server, args.session or f"client-{uuid.uuid4().hex[:8]}", args.json, curve)
+    if args.stats:
+        try:
+            return await show_stats(client, 1.0, args.count)
+        finally:
+            client.close()
     receiver = asyncio.create_task(client.receive())
     try:
         if args.webcam is not None or args.mic or args.transcript_stdin:
@@ -236,6 +257,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--session", help="session id (default: a random one)")
     parser.add_argument("--json", action="store_true", help="one JSON object per reply")
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the server at the end")
+    parser.add_argument("--stats", action="store_true", help="print the server's live numbers every second")
+    parser.add_argument("--count", type=int, default=0, help="with --stats: stop after this many (0: never)")
     parser.add_argument("--curve-key", type=Path, help="CURVE: this client's .key_secret file")
     parser.add_argument("--server-key", type=Path, help="CURVE: the server's public .key file")
     args = parser.parse_args(argv)

@@ -83,6 +83,7 @@ class FrontEnd:
         self.stats = {"steps": 0, "errors": 0, "drops": 0}
         self.latencies_ms: list[float] = []  # since the stats board last read them
         self.gates: dict[str, list[float]] = {}  # modality -> mean gate of each fusion step, likewise
+        self.recent: deque[tuple[float, float]] = deque(maxlen=10_000)  # (when, latency ms) of recent steps
 
     def shard(self, session: str) -> int:
         return zlib.crc32(session.encode()) % self.fusion.shards  # stable across restarts
@@ -95,6 +96,8 @@ class FrontEnd:
             message = p.decode(data)
             if isinstance(message, p.Hello):
                 await self.open(identity, message)
+            elif isinstance(message, p.StatsRequest):
+                self.send(identity, p.ServerStats(message.session, message.seq, time.time(), self.live_numbers()))
             else:
                 self.route(identity, message)
         except p.ProtocolError as error:
@@ -330,12 +333,24 @@ class FrontEnd:
         session.record(result)
         latency_ms = (self.clock() - started) * 1000 if started is not None else 0.0
         self.latencies_ms.append(latency_ms)
+        self.recent.append((self.clock(), latency_ms))
         if result.step > 1:  # a segment's first step has no gate
             self.gates.setdefault(result.modality, []).append(result.gate)
         self.stats["steps"] += 1
         self.send(session.identity, p.Prediction(
             result.session, result.seq, time.time(), result.segment, result.step, result.modality,
             list(result.modalities), result.value, result.gate, latency_ms))
+
+    def live_numbers(self, window_s: float = 10.0) -> dict[str, float]:
+        """What `client --stats` shows: the last `window_s` seconds, and totals since the start."""
+        now = self.clock()
+        latencies = [ms for at, ms in self.recent if now - at <= window_s]
+        numbers = {"active_sessions": len(self.sessions), "steps_per_s": len(latencies) / window_s,
+                   "steps": self.stats["steps"], "errors": self.stats["errors"], "drops": self.stats["drops"]}
+        if latencies:
+            numbers["latency_p50_ms"] = float(np.percentile(latencies, 50))
+            numbers["latency_p99_ms"] = float(np.percentile(latencies, 99))
+        return numbers
 
     # -- messages out ------------------------------------------------------------------------
 

@@ -9,8 +9,9 @@ Every message is one msgpack map, for example
 - `type` names the message; `session` (1..128 characters) names the client's stream; `seq` (int
   >= 0) increases within a session (the server checks the order, this module does not); `ts` is the
   capture time in seconds (finite; an int is accepted where a float is expected, a bool never is).
-- Client -> server, read with `decode`: hello, video, audio, text, features, segment_end, bye.
-  Server -> client, read with `decode_reply`: welcome, prediction, error, closed.
+- Client -> server, read with `decode`: hello, video, audio, text, features, segment_end, bye, and
+  stats (the server's live numbers; no session needs to be open).
+  Server -> client, read with `decode_reply`: welcome, prediction, error, closed, server_stats.
   `encode` writes both, and `decode(encode(m)) == m`.
 - Keys a type does not define are ignored, so that a newer peer can add optional fields without
   breaking an older one. A nil value counts as absent only for the optional fields whose default
@@ -238,8 +239,20 @@ class Closed(Message):
     stats: dict[str, int]
 
 
-ClientMessage = Union[Hello, Video, Audio, Text, Features, SegmentEnd, Bye]
-Reply = Union[Welcome, Prediction, Error, Closed]
+@dataclass(frozen=True, eq=False)
+class StatsRequest(Message):
+    """Ask for the server's live numbers; needs no open session (`session` names the asker)."""
+
+
+@dataclass(frozen=True, eq=False)
+class ServerStats(Message):
+    """The server's live numbers: sessions, steps per second, latency percentiles, drops, errors."""
+
+    numbers: dict[str, float]
+
+
+ClientMessage = Union[Hello, Video, Audio, Text, Features, SegmentEnd, Bye, StatsRequest]
+Reply = Union[Welcome, Prediction, Error, Closed, ServerStats]
 
 
 # -- field checks: (value, where, limits) -> the in-process value, or _Invalid -------------------------
@@ -572,6 +585,7 @@ _CLIENT: dict[str, _Kind] = {
         _features_from_wire, _features_to_wire),
     "segment_end": _Kind(SegmentEnd, _ADDRESS),
     "bye": _Kind(Bye, _ADDRESS),
+    "stats": _Kind(StatsRequest, _ADDRESS),
 }
 
 _REPLY: dict[str, _Kind] = {
@@ -597,6 +611,8 @@ _REPLY: dict[str, _Kind] = {
     "closed": _Kind(Closed, _REPLY_ADDRESS + (
         _Field("reason", _string),
         _Field("stats", _map_of(_integer)))),
+    "server_stats": _Kind(ServerStats, _REPLY_ADDRESS + (
+        _Field("numbers", _map_of(_number)),)),
 }
 
 CLIENT_TYPES = tuple(_CLIENT)

@@ -202,3 +202,16 @@ def test_a_session_answers_only_the_connection_that_opened_it():
 
     (reply,) = run(scenario())
     assert reply.code == p.UNKNOWN_SESSION and front.sessions["mine"].last_seq == 0
+
+
+def test_stats_need_no_session_and_count_what_happened():
+    front, _ = make_frontend()
+    x = np.ones((2, 12), np.float32)
+
+    async def scenario():
+        await exchange(front, [hello(), features("s", 1, "text", x), features("s", 2, "text", np.ones((2, 3)))])
+        return await exchange(front, [p.StatsRequest("monitor", 0, 0.0)])
+
+    (stats,) = run(scenario())
+    assert isinstance(stats, p.ServerStats) and stats.session == "monitor"
+    assert stats.numbers["active_sessions"] == 1 and stats.numbers["steps"] == 1 and stats.numbers["errors"] == 1

@@ -390,3 +390,10 @@ def test_fuzz_feature_windows_round_trip(steps, size, data):
     mask = data.draw(st.lists(st.booleans(), min_size=steps, max_size=steps))
     message = p.Features("s", 0, 0.0, "audio", np.array(values, np.float32).reshape(steps, size), np.array(mask))
     assert p.decode(p.encode(message)) == message
+
+
+def test_stats_request_and_reply_round_trip():
+    request = p.StatsRequest("monitor", 3, 1.5)
+    assert p.decode(p.encode(request)) == request
+    reply = p.ServerStats("monitor", 3, 2.0, {"active_sessions": 2.0, "latency_p99_ms": 12.5})
+    assert p.decode_reply(p.encode(reply)) == reply

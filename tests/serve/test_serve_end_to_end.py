@@ -119,3 +119,14 @@ def test_live_phrases_from_stdin(server):
     assert result.returncode == 0, result.stdout + result.stderr
     predictions = [r for r in replies(result) if r["type"] == "prediction"]
     assert [(p["step"], p["modality"]) for p in predictions] == [(1, "text"), (2, "text")]
+
+
+def test_client_stats_prints_the_live_numbers(server):
+    result = subprocess.run([sys.executable, "-m", "grf_stream.client", "--server", server, "--stats", "--count", "2",
+                             "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+    import json
+
+    numbers = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(numbers) == 2 and numbers[-1]["steps"] > 0  # earlier tests of this module streamed through it
+    assert {"active_sessions", "steps_per_s", "errors", "drops"} <= set(numbers[-1])
