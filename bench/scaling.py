@@ -16,18 +16,17 @@ import argparse
 import os
 import platform
 import statistics
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from report import command_line, cpu_name, write_section
 from grf_stream.baselines.mult import MulT, MulTConfig
 from grf_stream.flops import grf_flops, mult_flops
 from grf_stream.model import GRF, GRFConfig
 
-MARK_START, MARK_END = "<!-- scaling:start -->", "<!-- scaling:end -->"
 
 
 def build(kind: str, n: int, args) -> tuple[torch.nn.Module, int]:
@@ -114,13 +113,7 @@ def growth_exponent(x, y) -> float:
 def machine(device: str) -> str:
     if device.startswith("cuda"):
         return f"{torch.cuda.get_device_name()}, torch {torch.__version__}, Python {platform.python_version()}"
-    cpu = platform.processor() or platform.machine()
-    try:
-        names = [line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    except OSError:
-        pass
-    return (f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), "
+    return (f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), "
             f"torch {torch.__version__}, Python {platform.python_version()}")
 
 
@@ -158,18 +151,6 @@ def report(results: dict, args) -> str:
     return "\n".join(lines)
 
 
-def write_section(path: Path, body: str, command: str) -> None:
-    """Replace the scaling section of BENCHMARKS.md (between its markers), or append one."""
-    section = f"{MARK_START}\nCommand: `{command}`\n\n{body}\n{MARK_END}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MARK_START in text:
-        head, rest = text.split(MARK_START, 1)
-        text = head + section + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## Scaling in the number of modalities: GRF vs MulT\n\n" + section + "\n"
-    path.write_text(text)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ns", type=int, nargs="+", default=[2, 3, 4, 6, 8, 12, 16])
@@ -189,8 +170,8 @@ def main() -> None:
     body = report(run(args), args)
     print("\n" + body)
     if args.write:
-        flags = [a for a in sys.argv[1:] if a not in ("--write", str(args.write))]
-        write_section(args.write, body, " ".join(["python bench/scaling.py", *flags]))
+        heading = "Scaling in the number of modalities: GRF vs MulT"
+        write_section(args.write, "scaling", heading, body, command_line("scaling.py"))
 
 
 if __name__ == "__main__":

@@ -24,12 +24,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from report import command_line, cpu_name, write_section
 from grf_stream import protocol as p
 from grf_stream.fusion import FusionService, StepRequest
 from grf_stream.model import GRF, GRFConfig
 
 ROOT = Path(__file__).resolve().parents[1]
-MARK_START, MARK_END = "<!-- serve-latency:start -->", "<!-- serve-latency:end -->"
 WINDOWS = {"audio": 100, "video": 30, "text": 12}  # rows of one step: 1 s of audio or video, one phrase
 # The served extractors' feature sizes (grf_stream/features), written out so that `--model-only` runs
 # where the extractors' own libraries are not installed (a bare GPU machine).
@@ -147,9 +147,8 @@ def summarize(records, seconds: float, warmup_s: float = 1.0) -> dict[str, float
 
 
 def report(model_ms, results, long_run, args) -> str:
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
     lines = [
-        f"Machine: {cpu or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}; the server, "
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}; the server, "
         "its Ray actors and this load generator share the machine.",
         f"Model-only fusion step (FusionService, one session, 1 thread): p50 {model_ms['p50']:.2f} ms, "
         f"p99 {model_ms['p99']:.2f} ms.",
@@ -164,17 +163,6 @@ def report(model_ms, results, long_run, args) -> str:
         lines += ["", f"Long run, 32 sessions batched, {args.long_seconds:.0f} s: p99 {long_run[0]:.1f} ms in the "
                       f"first 10 s, {long_run[1]:.1f} ms in the last 10 s."]
     return "\n".join(lines)
-
-
-def write_section(path: Path, body: str, command: str) -> None:
-    section = f"{MARK_START}\nCommand: `{command}`\n\n{body}\n{MARK_END}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MARK_START in text:
-        head, rest = text.split(MARK_START, 1)
-        text = head + section + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## Serving latency\n\n" + section + "\n"
-    path.write_text(text)
 
 
 def main() -> None:
@@ -211,8 +199,7 @@ def main() -> None:
     body = report(model_ms, results, long_run, args)
     print("\n" + body)
     if args.write:
-        flags = [a for a in sys.argv[1:] if a not in ("--write", str(args.write))]
-        write_section(args.write, body, " ".join(["python bench/serve_latency.py", *flags]))
+        write_section(args.write, "serve-latency", "Serving latency", body, command_line("serve_latency.py"))
 
 
 if __name__ == "__main__":

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -26,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from report import command_line, cpu_name, write_section
 from grf_stream.baselines.mult import MulT, MulTConfig
 from grf_stream.config import load_config
 from grf_stream.data import SentimentDataset, collate, load_split
@@ -33,7 +32,6 @@ from grf_stream.model import GRF
 from trainer.config import TrainConfig
 from trainer.train import fit
 
-MARK_START, MARK_END = "<!-- train-throughput:start -->", "<!-- train-throughput:end -->"
 MOSI_UNALIGNED = "{text: %d, audio: %d, vision: %d}"
 
 
@@ -76,9 +74,8 @@ def plain_loop_throughput(model: torch.nn.Module, args, config: TrainConfig) -> 
 
 def report(rates: dict[str, float], args) -> str:
     plain = rates["plain loop, GRF"]
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")
     lines = [
-        f"Machine: {cpu or platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}, ray {ray.__version__}; "
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}, ray {ray.__version__}; "
         "one torch thread per worker.",
         f"Setting: {args.samples} synthetic training samples of unaligned CMU-MOSI shapes (50/375/500 steps, "
         f"300/5/20 features), batch 32, GRF d=64 L=4 (released hyperparameters); rate of epoch {args.epochs} "
@@ -91,17 +88,6 @@ def report(rates: dict[str, float], args) -> str:
     overhead = 1 - rates["trainer, 1 worker (Ray Train)"] / plain
     lines += ["", f"Ray Train overhead at one worker: {overhead * 100:.1f}% (goal: at most 10%)."]
     return "\n".join(lines)
-
-
-def write_section(path: Path, body: str, command: str) -> None:
-    section = f"{MARK_START}\nCommand: `{command}`\n\n{body}\n{MARK_END}"
-    text = path.read_text() if path.exists() else "# Benchmarks\n"
-    if MARK_START in text:
-        head, rest = text.split(MARK_START, 1)
-        text = head + section + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip() + "\n\n## Training throughput: Ray Train against a plain loop\n\n" + section + "\n"
-    path.write_text(text)
 
 
 def main() -> None:
@@ -122,8 +108,8 @@ def main() -> None:
     body = report(rates, args)
     print("\n" + body)
     if args.write:
-        flags = [a for a in sys.argv[1:] if a not in ("--write", str(args.write))]
-        write_section(args.write, body, " ".join(["python bench/train_throughput.py", *flags]))
+        heading = "Training throughput: Ray Train against a plain loop"
+        write_section(args.write, "train-throughput", heading, body, command_line("train_throughput.py"))
 
 
 if __name__ == "__main__":

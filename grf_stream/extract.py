@@ -17,7 +17,6 @@ import argparse
 import os
 import sys
 import time
-from pathlib import Path
 
 from grf_stream.data.store import FeatureStore
 from grf_stream.features import MODALITIES, feature_spec

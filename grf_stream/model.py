@@ -31,7 +31,6 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch import Tensor
 
 INIT_MODES = ("pooled", "sequence")
