@@ -16,6 +16,7 @@ messages directly ("these messages in, these out").
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 import zlib
 from collections import deque
@@ -71,10 +72,11 @@ RAW = {p.Video: "video", p.Audio: "audio", p.Text: "text"}
 class FrontEnd:
     def __init__(self, modalities: dict[str, int], rates: dict[str, float], fusion: FusionBackend,
                  extractors: ExtractorBackend | None, config: FrontEndConfig,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic, feature_spec: dict[str, dict] | None = None):
         self.modalities = modalities  # what the model fuses: name -> feature size
         self.rates = rates  # feature rows per second of each raw modality (window policy)
         self.fusion, self.extractors, self.config, self.clock = fusion, extractors, config, clock
+        self.feature_spec = feature_spec or {}  # told to clients in welcome
         self.sessions: dict[str, Session] = {}
         self.workers: dict[str, asyncio.Task] = {}
         self.outbox: asyncio.Queue[tuple[bytes, p.Message]] = asyncio.Queue()
@@ -102,6 +104,8 @@ class FrontEnd:
                 self.route(identity, message)
         except p.ProtocolError as error:
             self.reply_error(identity, error.code, error.message, error.session, error.seq)
+        except Exception as error:  # a bug of ours must not take the server, or other sessions, down
+            self.reply_error(identity, p.INTERNAL, f"the server failed on this message: {_cause(error)}", None, None)
 
     def route(self, identity: bytes, message: p.Message) -> None:
         """Into the session's inbox, applying the late-data rules."""
@@ -145,10 +149,13 @@ class FrontEnd:
         session = Session(hello.session, identity, tuple(hello.modalities), hello.window, hello.window_s,
                           hello.sample_rate, hello.carry_context, self.clock(), last_seq=hello.seq)
         session.audio = deque(maxlen=self.config.max_audio_chunks)
-        self.sessions[session.id] = session
         await self.fusion.open(self.shard(session.id), session.id, None)
+        self.sessions[session.id] = session  # only once the fusion side holds it too
         self.workers[session.id] = asyncio.create_task(self.work(session))
-        self.send(identity, p.Welcome(session.id, hello.seq, time.time(), sorted(self.modalities), {}, {}, p.VERSION))
+        limits = {**dataclasses.asdict(p.Limits()), "max_sessions": self.config.max_sessions,
+                  "idle_timeout_s": self.config.idle_timeout_s}
+        self.send(identity, p.Welcome(session.id, hello.seq, time.time(), sorted(self.modalities), self.feature_spec,
+                                      limits, p.VERSION))
 
     # -- one session's worker ------------------------------------------------------------------
 

@@ -86,7 +86,8 @@ class Server:
 
     async def run(self) -> None:
         shards = [self.frontend.run_shard(i) for i in range(self.frontend.fusion.shards)]
-        await asyncio.gather(self.receive(), self.send(), self.reap(), *shards, StatsBoard(self.frontend, self.config).run())
+        board = StatsBoard(self.frontend, self.config)
+        await asyncio.gather(self.receive(), self.send(), self.reap(), *shards, board.run())
 
 
 class StatsBoard:
@@ -170,7 +171,8 @@ async def serve(config: ServeConfig) -> None:
     extractors = RayExtractors(start_extractor_pools(raw, config.extractors_per_modality)) if raw else None
     rates = {m: spec.modalities[m].rate for m in raw}
     frontend = FrontEnd(model.config.modalities, rates, fusion, extractors, FrontEndConfig(
-        config.max_sessions, config.idle_timeout_s, config.max_batch, config.max_wait_ms))
+        config.max_sessions, config.idle_timeout_s, config.max_batch, config.max_wait_ms),
+        feature_spec=spec.to_dict()["modalities"])
     context = zmq.asyncio.Context()
     socket = context.socket(zmq.ROUTER)
     authenticator = secure(socket, context, config) if config.curve_server_key else None

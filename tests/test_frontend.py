@@ -215,3 +215,17 @@ def test_stats_need_no_session_and_count_what_happened():
     (stats,) = run(scenario())
     assert isinstance(stats, p.ServerStats) and stats.session == "monitor"
     assert stats.numbers["active_sessions"] == 1 and stats.numbers["steps"] == 1 and stats.numbers["errors"] == 1
+
+
+def test_a_failure_inside_the_server_answers_that_message_and_the_server_goes_on():
+    front, _ = make_frontend()
+
+    async def broken_open(*args):
+        raise RuntimeError("disk on fire")
+
+    working_open, front.fusion.open = front.fusion.open, broken_open
+    replies = run(exchange(front, [hello("a")]))
+    assert replies[0].code == p.INTERNAL and "disk on fire" in replies[0].message
+    assert "a" not in front.sessions
+    front.fusion.open = working_open
+    assert isinstance(run(exchange(front, [hello("b")]))[0], p.Welcome)

@@ -77,6 +77,7 @@ def test_streaming_the_mosi_clip_gives_a_prediction_after_every_step_and_ends_cl
     assert result.returncode == 0, result.stdout + result.stderr
     got = replies(result)
     assert got[0]["type"] == "welcome" and got[-1] == {**got[-1], "type": "closed", "reason": "bye"}
+    assert got[0]["feature_spec"]["text"]["size"] == 384  # what the served model was trained on
     predictions = [r for r in got if r["type"] == "prediction"]
     assert {"text", "audio", "video"} <= set(predictions[-1]["modalities"])  # the context holds all three
     assert [p["step"] for p in predictions] == list(range(1, len(predictions) + 1))  # one after every step
@@ -130,3 +131,23 @@ def test_client_stats_prints_the_live_numbers(server):
     numbers = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(numbers) == 2 and numbers[-1]["steps"] > 0  # earlier tests of this module streamed through it
     assert {"active_sessions", "steps_per_s", "errors", "drops"} <= set(numbers[-1])
+
+
+def test_a_jpeg_that_does_not_decode_gets_an_error_and_the_session_goes_on(server):
+    import zmq
+
+    from grf_stream import protocol as p
+
+    with zmq.Context() as context:
+        sock = context.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(server)
+        sock.send(p.encode(p.Hello("bad-jpeg", 0, 0.0, ["video", "text"], "window")))
+        sock.send(p.encode(p.Video("bad-jpeg", 1, 0.1, b"\xff\xd8 this is not a picture")))
+        sock.send(p.encode(p.Text("bad-jpeg", 2, 0.2, "still here", True)))
+        replies = []
+        while len(replies) < 3 and sock.poll(60_000):
+            replies.append(p.decode_reply(sock.recv()))
+        sock.close()
+    assert [type(r) for r in replies] == [p.Welcome, p.Error, p.Prediction], replies
+    assert replies[1].code == p.BAD_JPEG and replies[1].seq == 1 and "JPEG" in replies[1].message
