@@ -27,16 +27,6 @@ def write_video(path, frames, fps=30):
 
 
 @pytest.fixture(scope="module")
-def ray_cluster():
-    """One local Ray for this module's tests, shut down before other modules start their own."""
-    import ray
-
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)  # tests/conftest.py sets Ray's environment
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="module")
 def sample_extractor():
     return SampleExtractor(["text", "audio", "video"])
 
@@ -120,7 +110,7 @@ def test_a_one_frame_video_and_a_corrupt_file(sample_extractor, tmp_path, mosi_f
     assert sample_extractor.extractors["video"].open_sessions == []
 
 
-def test_extract_on_ray_writes_the_live_features_and_resumes(ray_cluster, mmsa_folder, mosi_frames, text_extractor, audio_extractor, video_extractor, capsys):
+def test_extract_on_ray_writes_the_live_features_and_resumes(local_ray, mmsa_folder, mosi_frames, text_extractor, audio_extractor, video_extractor, capsys):
     from grf_stream.extract import main
 
     out = mmsa_folder / "store"

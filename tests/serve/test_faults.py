@@ -18,11 +18,7 @@ SIZES = {"text": 384, "audio": 5, "video": 8}
 ORDER = ["audio", "video", "text"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def frontend(model, extractors=None):

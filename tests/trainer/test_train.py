@@ -5,7 +5,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import ray
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
@@ -19,11 +18,7 @@ TINY = str(Path(__file__).resolve().parents[2] / "configs" / "train" / "syntheti
 SMALL = ["data.synthetic.samples={train: 96, valid: 32, test: 32}", "train.epochs=4", "train.patience=10"]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(address="local", num_cpus=2, include_dashboard=False)
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def run(tmp_path, name, *overrides, resume=False, small=True):
