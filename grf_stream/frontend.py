@@ -10,7 +10,9 @@ messages directly ("these messages in, these out").
   transcript phrase, every `features` message).
 - Late data: a session keeps only its newest waiting video frame and a bounded queue of audio
   chunks (the oldest dropped); text is never dropped. Drops are counted per session.
-- Steps of all sessions are batched per fusion shard, up to `max_batch` requests or `max_wait_ms`.
+- Steps of all sessions are batched per fusion shard: a batch takes every step that queued while
+  the previous one ran (up to `max_batch`), so a lone step goes at once and a busy server batches;
+  `max_wait_ms` can hold a batch open longer to fill it.
 """
 
 from __future__ import annotations
@@ -55,7 +57,7 @@ class FrontEndConfig:
     max_sessions: int = 256
     idle_timeout_s: float = 30.0
     max_batch: int = 64
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 0.0  # extra wait to fill a batch; 0: only what queued during the last batch
     max_audio_chunks: int = 50  # waiting audio chunks per session before the oldest is dropped
 
 

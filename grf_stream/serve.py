@@ -51,7 +51,8 @@ class ServeConfig:
     max_sessions: int = 256
     idle_timeout_s: float = 30.0
     max_batch: int = 64
-    max_wait_ms: float = 2.0
+    max_wait_ms: float = 0.0
+    """Extra wait to fill a batch; 0 = a batch is what queued while the previous one ran."""
     max_message_bytes: int = 8 * 1024 * 1024
     curve_server_key: str = ""
     """CURVE encryption: the server's secret key file (python -m grf_stream.keys); empty = plain TCP."""
