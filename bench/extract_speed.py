@@ -22,12 +22,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from report import command_line, cpu_name, write_section
+
 from grf_stream.features import AudioChunk, AudioExtractor, TextExtractor, VideoExtractor
 from grf_stream.features.media import read_audio, video_frames
 from grf_stream.features.offline import read_labels
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-MARK_START, MARK_END = "<!-- extract-speed:start -->", "<!-- extract-speed:end -->"
 GOALS = {"video": ">= 30 frames/s (RTF >= 1)", "audio": "RTF >= 50", "text": "p99 <= 30 ms per phrase"}
 
 
@@ -109,19 +110,8 @@ def bench_video(repeats: int) -> list[str]:
 
 def machine() -> str:
     import torch
-    return (f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores (pinned to one), Python {platform.python_version()}, "
+    return (f"{cpu_name()}, {os.cpu_count()} cores (pinned to one), Python {platform.python_version()}, "
             f"torch {torch.__version__}, OpenCV {cv2.__version__}, numpy {np.__version__}")
-
-
-def write_section(path: Path, body: str) -> None:
-    text = path.read_text() if path.exists() else ""
-    section = f"{MARK_START}\n{body}\n{MARK_END}"
-    if MARK_START in text:
-        before, rest = text.split(MARK_START, 1)
-        text = before + section + rest.split(MARK_END, 1)[1]
-    else:
-        text = text.rstrip() + ("\n\n" if text else "") + section + "\n"
-    path.write_text(text)
 
 
 def main() -> None:
@@ -136,11 +126,10 @@ def main() -> None:
     lines = ["| extractor | measure | result | goal |", "|---|---|---|---|"]
     for bench in (bench_video, bench_audio, bench_text):
         lines += bench(args.repeats)
-    command = "python bench/extract_speed.py" + (f" --repeats {args.repeats}" if args.repeats != 3 else "")
-    body = f"Measured with `{command}` on {machine()}.\n\n" + "\n".join(lines)
+    body = f"Machine: {machine()}.\n\n" + "\n".join(lines)
     print(body)
     if args.write:
-        write_section(args.write, body)
+        write_section(args.write, "extract-speed", "Feature extraction speed", body, command_line("extract_speed.py"))
 
 
 if __name__ == "__main__":

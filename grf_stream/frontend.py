@@ -85,8 +85,7 @@ class FrontEnd:
         self.queues = [asyncio.Queue() for _ in range(fusion.shards)]
         self.received_at: dict[tuple[str, int, str], float] = {}  # (session, seq, modality) -> when queued
         self.stats = {"steps": 0, "errors": 0, "drops": 0}
-        self.latencies_ms: list[float] = []  # since the stats board last read them
-        self.gates: dict[str, list[float]] = {}  # modality -> mean gate of each fusion step, likewise
+        self.gates: dict[str, list[float]] = {}  # modality -> mean gate of each fusion step, since the board read them
         self.recent: deque[tuple[float, float]] = deque(maxlen=10_000)  # (when, latency ms) of recent steps
 
     def shard(self, session: str) -> int:
@@ -323,6 +322,7 @@ class FrontEnd:
             results = await self.fusion.step(shard, batch)
         except Exception as error:  # the backend already retried once; the sessions go on without this step
             for request in batch:
+                self.received_at.pop((request.session, request.seq, request.modality), None)
                 self.reply_error_to_session(request.session, p.INTERNAL, f"step failed: {_cause(error)}", request.seq)
             return
         for result in results:
@@ -341,7 +341,6 @@ class FrontEnd:
             return
         session.record(result)
         latency_ms = (self.clock() - started) * 1000 if started is not None else 0.0
-        self.latencies_ms.append(latency_ms)
         self.recent.append((self.clock(), latency_ms))
         if result.step > 1:  # a segment's first step has no gate
             self.gates.setdefault(result.modality, []).append(result.gate)
@@ -351,14 +350,14 @@ class FrontEnd:
             list(result.modalities), result.value, result.gate, latency_ms))
 
     def live_numbers(self, window_s: float = 10.0) -> dict[str, float]:
-        """What `client --stats` shows: the last `window_s` seconds, and totals since the start."""
+        """What `client --stats` and TensorBoard show: the last `window_s` seconds, and totals since the start."""
         now = self.clock()
         latencies = [ms for at, ms in self.recent if now - at <= window_s]
         numbers = {"active_sessions": len(self.sessions), "steps_per_s": len(latencies) / window_s,
                    "steps": self.stats["steps"], "errors": self.stats["errors"], "drops": self.stats["drops"]}
         if latencies:
-            numbers["latency_p50_ms"] = float(np.percentile(latencies, 50))
-            numbers["latency_p99_ms"] = float(np.percentile(latencies, 99))
+            numbers["step_latency_p50_ms"] = float(np.percentile(latencies, 50))
+            numbers["step_latency_p99_ms"] = float(np.percentile(latencies, 99))
         return numbers
 
     # -- messages out ------------------------------------------------------------------------

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from grf_stream.data.samples import pad
 from grf_stream.model import GRF
 
 
@@ -153,12 +154,8 @@ class FusionService:
                           tuple(state.modalities), float(value), float(gate), context)
 
     def _pad(self, group: list[StepRequest]) -> tuple[torch.Tensor, torch.Tensor]:
-        steps = max(len(r.features) for r in group)
-        x = np.zeros((len(group), steps, group[0].features.shape[1]), np.float32)
-        mask = np.zeros((len(group), steps), bool)
-        for i, r in enumerate(group):
-            x[i, : len(r.features)], mask[i, : len(r.features)] = r.features, r.mask
-        return torch.from_numpy(x).to(self.device), torch.from_numpy(mask).to(self.device)
+        x, mask = pad([r.features for r in group], [r.mask for r in group])  # (B, T, d), (B, T)
+        return x.to(self.device), mask.to(self.device)
 
     def _state(self, session: str) -> FusionState:
         if session not in self.states:

@@ -101,23 +101,16 @@ class StatsBoard:
         self.writer = SummaryWriter(config.tensorboard_dir)
 
     async def run(self) -> None:
-        tick, last_steps = 0, 0
+        tick = 0
         while True:
             await asyncio.sleep(self.config.stats_every_s)
             tick += 1
-            steps, latencies, gates = self.frontend.stats["steps"], self.frontend.latencies_ms, self.frontend.gates
-            self.frontend.latencies_ms, self.frontend.gates = [], {}
-            self.writer.add_scalar("serve/steps_per_s", (steps - last_steps) / self.config.stats_every_s, tick)
-            self.writer.add_scalar("serve/active_sessions", len(self.frontend.sessions), tick)
-            self.writer.add_scalar("serve/errors", self.frontend.stats["errors"], tick)
-            self.writer.add_scalar("serve/drops", self.frontend.stats["drops"], tick)
+            for name, value in self.frontend.live_numbers(self.config.stats_every_s).items():
+                self.writer.add_scalar(f"serve/{name}", value, tick)
+            gates, self.frontend.gates = self.frontend.gates, {}
             for modality, values in gates.items():
                 self.writer.add_scalar(f"serve/gate_mean/{modality}", float(np.mean(values)), tick)
-            if latencies:
-                self.writer.add_scalar("serve/step_latency_p50_ms", float(np.percentile(latencies, 50)), tick)
-                self.writer.add_scalar("serve/step_latency_p99_ms", float(np.percentile(latencies, 99)), tick)
             self.writer.flush()
-            last_steps = steps
 
 
 def start_ray(config: ServeConfig) -> None:

@@ -19,12 +19,13 @@ class TrainingBoard:
         self.writer = SummaryWriter(str(log_dir), purge_step=start_epoch or None)
 
     def epoch(self, epoch: int, train_loss: float, lr: float, samples_per_s: float,
-              evaluations: dict[str, Evaluation]) -> None:
+              train_metrics: dict[str, float], evaluations: dict[str, Evaluation]) -> None:
         self.writer.add_scalar("loss/train", train_loss, epoch)
         self.writer.add_scalar("lr", lr, epoch)
         self.writer.add_scalar("throughput/train_samples_per_s", samples_per_s, epoch)
-        for split, evaluation in evaluations.items():
-            for name, value in evaluation.metrics.items():
+        metrics = {"train": train_metrics, **{split: e.metrics for split, e in evaluations.items()}}
+        for split, values in metrics.items():
+            for name, value in values.items():
                 self.writer.add_scalar(f"{name}/{split}", value, epoch)
         self.gates(epoch, evaluations["valid"])
         self.writer.flush()

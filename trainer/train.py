@@ -181,8 +181,8 @@ def save_and_log(record: EpochRecord, model, optimizer, progress: Progress, spec
         save_checkpoint(folder / "best.pt", model, spec, run_config, metrics)
     training_state = {"optimizer": optimizer.state_dict(), "progress": vars(progress)}
     save_checkpoint(folder / "last.pt", model, spec, run_config, metrics, training_state)
-    board.epoch(record.epoch, record.train_loss, record.lr, record.samples_per_s,
-                {"train": metrics_only(record.train_metrics), **record.evaluations})
+    board.epoch(record.epoch, record.train_loss, record.lr, record.samples_per_s, record.train_metrics,
+                record.evaluations)
     # Ray keeps a copy in its run storage (shared storage on a cluster) and hands it to fit()'s result.
     return ray.train.Checkpoint.from_directory(str(folder))
 
@@ -190,12 +190,6 @@ def save_and_log(record: EpochRecord, model, optimizer, progress: Progress, spec
 def evaluate(model: GRF, samples: list[Sample], config: TrainConfig, device) -> Evaluation:
     return evaluate_model(model, samples, config.model.order, config.train.window_steps,
                           config.optim.batch_size * 2, device)
-
-
-def metrics_only(metrics: dict[str, float]) -> Evaluation:
-    """Training metrics in the shape the board takes (training passes keep no contexts)."""
-    empty = np.zeros((0,))
-    return Evaluation(empty, empty, empty, empty, [], metrics)
 
 
 def print_epoch(record: EpochRecord, config: TrainConfig, seconds: float) -> None:

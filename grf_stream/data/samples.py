@@ -42,18 +42,21 @@ class Batch:
         return Batch(move(self.features), move(self.masks), self.labels.to(device), self.ids)
 
 
+def pad(features: list[np.ndarray], masks: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Sequences (T_i, d) with their masks -> (B, T, d) float32 and (B, T) bool, padded and masked."""
+    steps = max(len(x) for x in features)
+    padded = np.zeros((len(features), steps, features[0].shape[1]), np.float32)
+    padded_mask = np.zeros((len(features), steps), bool)
+    for i, (x, mask) in enumerate(zip(features, masks)):
+        padded[i, : len(x)], padded_mask[i, : len(x)] = x, mask
+    return torch.from_numpy(padded), torch.from_numpy(padded_mask)
+
+
 def collate(samples: list[Sample]) -> Batch:
     """Pad every modality to the longest sequence of the batch; padding is masked."""
     features, masks = {}, {}
     for m in samples[0].features:
-        steps = max(len(s.features[m]) for s in samples)
-        size = samples[0].features[m].shape[1]
-        x = np.zeros((len(samples), steps, size), np.float32)
-        mask = np.zeros((len(samples), steps), bool)
-        for i, s in enumerate(samples):
-            t = len(s.features[m])
-            x[i, :t], mask[i, :t] = s.features[m], s.masks[m]
-        features[m], masks[m] = torch.from_numpy(x), torch.from_numpy(mask)
+        features[m], masks[m] = pad([s.features[m] for s in samples], [s.masks[m] for s in samples])
     labels = torch.tensor([s.label for s in samples], dtype=torch.float32)
     return Batch(features, masks, labels, [s.id for s in samples])
 
