@@ -27,7 +27,8 @@ import torch
 from report import command_line, cpu_name, write_section
 from grf_stream import protocol as p
 from grf_stream.fusion import FusionService, StepRequest
-from grf_stream.model import GRF, GRFConfig
+from grf_stream.default_model import load_serving_model
+from grf_stream.model import GRF
 
 ROOT = Path(__file__).resolve().parents[1]
 WINDOWS = {"audio": 100, "video": 30, "text": 12}  # rows of one step: 1 s of audio or video, one phrase
@@ -37,9 +38,8 @@ SERVED_SIZES = {"text": 384, "audio": 26, "video": 17}
 
 
 def served_model() -> GRF:
-    """The architecture the server runs by default, untrained (weights do not change the timing)."""
-    torch.manual_seed(0)
-    return GRF(GRFConfig(modalities=SERVED_SIZES, order=list(SERVED_SIZES), dropout=0.0)).eval()
+    """The model the server runs by default (the packaged one)."""
+    return load_serving_model()[0]
 
 
 def step_windows(sizes: dict[str, int], rng) -> list[tuple[str, np.ndarray]]:

@@ -2,7 +2,7 @@
 
 arXiv 2507.02985. Modality m has features X_m of shape (T_m, d_m); d = d_model.
 
-    (1) P_m  = X_m W_m + b_m [+ e_m]                  projection, optional modality embedding
+    (1) P_m  = N_m(X_m) W_m + b_m [+ e_m]             projection, optional modality embedding
     (2) P^_m = Dropout(P_m + PE[0:T_m])                sinusoidal positional encoding
     (3) h_1  = MaskedMean_t(P^_m1)                     the context starts as the pooled first modality
     for each later modality m_k, k = 2..n (one fusion step, the same block weights every step):
@@ -12,6 +12,10 @@ arXiv 2507.02985. Modality m has features X_m of shape (T_m, d_m); d = d_model.
     (7) h~_k = tanh(W_h [s'; m'] + b_h)                candidate
     (8) h_k  = LayerNorm(Dropout((1 - z_k) * s' + z_k * h~_k))
     (9) y_k  = Head(h_k)                               a prediction after every step
+
+N_m is the identity, or with `feature_norm` a standardisation (X_m - mu_m) / sigma_m whose
+statistics the trainer measures on the training data and the checkpoint keeps: raw extractor
+output goes in at serving time, whatever its scale (MFCCs reach +-400, face geometry is near 1).
 
 DecA and DecB are stacks of post-norm Transformer decoder layers. Padding (mask False) is masked
 in every attention and every mean, so padding a sequence further never changes an output.
@@ -64,6 +68,8 @@ class GRFConfig:
     """A second head reads h_2, the state after the first fusion step (the released code's auxiliary loss)."""
     max_len: int = 10_000
     """Longest sequence a modality may have (positional-encoding table size)."""
+    feature_norm: bool = False
+    """Standardise each modality's raw features in (1) with statistics kept in the model (N_m)."""
 
     def __post_init__(self) -> None:
         if not self.modalities:
@@ -149,11 +155,31 @@ def decoder_stack(config: GRFConfig) -> nn.TransformerDecoder:
 # blocks
 
 
+class FeatureNorm(nn.Module):
+    """N_m of (1): (x - mean) / std with per-feature statistics set once from training data."""
+
+    def __init__(self, d_in: int):
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(d_in))
+        self.register_buffer("std", torch.ones(d_in))
+
+    @torch.no_grad()
+    def set_statistics(self, rows: Tensor) -> None:
+        """Measure mean and std over real rows (N, d_in); a constant feature keeps std 1."""
+        std = rows.std(dim=0, unbiased=False)
+        self.mean.copy_(rows.mean(dim=0))
+        self.std.copy_(torch.where(std > 1e-6, std, torch.ones_like(std)))
+
+    def forward(self, x: Tensor) -> Tensor:
+        return (x - self.mean) / self.std
+
+
 class ModalityEncoder(nn.Module):
     """Equations (1)-(2): project one modality to d, mark it, add positions."""
 
     def __init__(self, d_in: int, config: GRFConfig):
         super().__init__()
+        self.norm = FeatureNorm(d_in) if config.feature_norm else nn.Identity()
         self.proj = nn.Linear(d_in, config.d_model)
         # Small random start so modalities differ from the first step; None when disabled.
         self.embedding = (
@@ -162,7 +188,7 @@ class ModalityEncoder(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
 
     def forward(self, x: Tensor, positions: Tensor) -> Tensor:
-        p = self.proj(x)  # (1) (B, T, d)
+        p = self.proj(self.norm(x))  # (1) (B, T, d)
         if self.embedding is not None:
             p = p + self.embedding  # (1) + e_m
         return self.dropout(p + positions)  # (2) (B, T, d)

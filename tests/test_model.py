@@ -125,6 +125,25 @@ def test_a_sample_without_data_for_a_modality_keeps_its_context():
     assert_close(alone.step_predictions, out.step_predictions[:1])  # the others are unaffected
 
 
+def test_feature_norm_standardises_raw_features_with_statistics_kept_in_the_checkpoint():
+    model = make_model(feature_norm=True)
+    features, masks = make_inputs()
+    scaled = {m: 300 * x + 40 for m, x in features.items()}  # raw extractor scale, e.g. MFCCs
+    for m, encoder in model.encoders.items():
+        encoder.norm.set_statistics(scaled[m][masks[m]])
+    normalised = encoder.norm(scaled["vision"][masks["vision"]])
+    assert_close(normalised.mean(0), torch.zeros(20), atol=1e-4, rtol=0)
+    assert_close(normalised.std(0, unbiased=False), torch.ones(20), atol=1e-4, rtol=0)
+    # Standardising is affine, so the same model on standardised inputs gives the same outputs.
+    plain = make_model()
+    plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.endswith((".norm.mean", ".norm.std"))})
+    standardised = {m: model.encoders[m].norm(x) for m, x in scaled.items()}
+    assert_close(model(scaled, masks).step_predictions, plain(standardised, masks).step_predictions)
+    assert {k for k in model.state_dict() if k.startswith("encoders.") and ".norm." in k} == {f"encoders.{m}.norm.{s}" for m in SIZES for s in ("mean", "std")}
+    padded = model(*pad(scaled, masks, extra=5))
+    assert_close(padded.step_predictions, model(scaled, masks).step_predictions)
+
+
 def test_masks_default_to_all_real():
     model = make_model()
     features, _ = make_inputs()

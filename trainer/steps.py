@@ -38,8 +38,10 @@ def hide_modalities(masks: dict[str, Tensor], p: float, generator: torch.Generat
 def fusion_steps(batch: Batch, order: list[str], window_steps: dict[str, int]) -> list[Step]:
     """The batch as fusion steps: a windowed modality gives one step per window, all in time order.
 
-    Windows of different modalities interleave by where they start, as a fraction of their
-    sequence; ties keep `order`. A window with no real step in any sample is left out.
+    Windows of different modalities interleave by where they end, as a fraction of their
+    sequence: a stream can fuse a window only once it is complete, so an unwindowed modality
+    (a transcript phrase) comes after the windows it spans. Ties keep `order`. A window with no
+    real step in any sample is left out.
     """
     windows = []
     for rank, m in enumerate(o for o in order if o in batch.features):
@@ -49,7 +51,8 @@ def fusion_steps(batch: Batch, order: list[str], window_steps: dict[str, int]) -
         for start in range(0, length, size):
             window_mask = mask[:, start:start + size]
             if window_mask.any():
-                windows.append((start / length, rank, (m, x[:, start:start + size], window_mask)))
+                end = min(start + size, length)
+                windows.append((end / length, rank, (m, x[:, start:end], window_mask)))
     windows.sort(key=lambda w: w[:2])
     return [step for _, _, step in windows]
 

@@ -28,7 +28,8 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from grf_stream.checkpoint import load_model, read_checkpoint, save_checkpoint
 from grf_stream.config import from_dict, load_config, to_dict
-from grf_stream.data import Sample, SentimentDataset, check_sizes, collate, feature_spec, load_split
+from grf_stream.data import (Distractors, Sample, SentimentDataset, check_sizes, collate, evaluation_form, feature_spec,
+                             load_distractors, load_split, pair_split)
 from grf_stream.metrics import sentiment_metrics
 from grf_stream.model import GRF
 from trainer.board import TrainingBoard
@@ -63,11 +64,38 @@ def run_dir(config: TrainConfig) -> Path:
     return Path(config.output_dir) / config.name
 
 
-def load_data(config: TrainConfig) -> dict[str, list[Sample]]:
-    data = {split: load_split(config.data, split) for split in SPLITS}
-    for split, samples in data.items():
-        check_sizes(samples, config.model.modalities, f"{config.data.path or config.data.format} [{split}]")
-    return data
+@dataclass
+class RunData:
+    """A run's splits as stored, and as trained and evaluated (with distractor windows, if any)."""
+
+    stored: dict[str, list[Sample]]
+    distractors: Distractors | None
+    config: TrainConfig
+
+    def __post_init__(self) -> None:
+        self.evaluated = {split: evaluation_form(s, self.distractors) for split, s in self.stored.items()}
+        for split, samples in self.evaluated.items():
+            check_sizes(samples, self.config.model.modalities, f"{self.config.data.path or self.config.data.format} [{split}]")
+
+    def train(self, epoch: int) -> list[Sample]:
+        """The training split of one epoch: new distractor windows every epoch, the same on resume."""
+        if self.distractors is None:
+            return self.stored["train"]
+        return pair_split(self.stored["train"], self.distractors, self.config.data.distractors.p, self.config.train.seed, epoch)
+
+
+def load_data(config: TrainConfig) -> RunData:
+    return RunData({split: load_split(config.data, split) for split in SPLITS}, load_distractors(config.data), config)
+
+
+def set_feature_statistics(model: GRF, samples: list[Sample]) -> None:
+    """Measure model.feature_norm's statistics on the real rows of the training samples."""
+    for m, encoder in model.encoders.items():
+        rows = np.concatenate([s.features[m][s.masks[m]] for s in samples])
+        if len(rows) < 2:
+            raise ValueError(f"model.feature_norm: the training data has no {m} rows to measure; "
+                             f"set model.feature_norm=false or give the data {m} features")
+        encoder.norm.set_statistics(torch.from_numpy(rows))
 
 
 def seed_epoch(seed: int, epoch: int, rank: int) -> torch.Generator:
@@ -120,24 +148,27 @@ def train_func(loop_config: dict) -> None:
 
     torch.manual_seed(config.train.seed)
     model = GRF(config.model)
+    if config.model.feature_norm:
+        set_feature_statistics(model, data.train(0))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     progress = restore(loop_config.get("resume_from"), model, optimizer)
     # Wraps in DDP when there are several workers; missing modalities leave some weights unused.
     module = ray.train.torch.prepare_model(StepsModule(model), parallel_strategy_kwargs={"find_unused_parameters": True})
-    sampler = DistributedSampler(SentimentDataset(data["train"]), world, rank, shuffle=True, seed=config.train.seed)
+    sampler = DistributedSampler(SentimentDataset(data.train(0)), world, rank, shuffle=True, seed=config.train.seed)
     loader = DataLoader(sampler.dataset, config.optim.batch_size, sampler=sampler, collate_fn=collate)
 
     board = TrainingBoard(run_dir(config) / "tensorboard", progress.epoch) if rank == 0 else None
-    spec = feature_spec(config.data, config.model.modalities)
+    spec = feature_spec(config.data, config.model.modalities, data.distractors)
     epochs_this_run = 0
     while progress.epoch < config.train.epochs and progress.bad_epochs < config.train.patience:
         started, epoch = time.perf_counter(), progress.epoch
         lr = learning_rate(epoch, config.optim, config.train.epochs)
         for group in optimizer.param_groups:
             group["lr"] = lr
+        sampler.dataset.samples = data.train(epoch)
         train_loss, train_metrics = train_epoch(module, model, loader, optimizer, config, epoch, rank, device)
         samples_per_s = len(sampler.dataset) / (time.perf_counter() - started)  # all workers together
-        evaluations = {split: evaluate(model, data[split], config, device) for split in ("valid", "test")}
+        evaluations = {split: evaluate(model, data.evaluated[split], config, device) for split in ("valid", "test")}
         improved = evaluations["valid"].metrics["mae"] < progress.best_mae
         progress = Progress(
             epoch + 1,
@@ -203,14 +234,14 @@ def print_epoch(record: EpochRecord, config: TrainConfig, seconds: float) -> Non
     )
 
 
-def finish(config: TrainConfig, out_dir: Path, board: TrainingBoard, data, device) -> None:
+def finish(config: TrainConfig, out_dir: Path, board: TrainingBoard, data: RunData, device) -> None:
     """The best checkpoint on every split; its contexts per step go to the embedding projector."""
     best = out_dir / "checkpoints" / "best.pt"
     if not best.exists():  # a stop_after run that has not yet improved on anything
         board.close()
         return
     model, _, payload = load_model(best, device)
-    results = {split: evaluate(model, data[split], config, device) for split in SPLITS}
+    results = {split: evaluate(model, data.evaluated[split], config, device) for split in SPLITS}
     board.contexts(payload["metrics"].get("epoch", 0), results["test"])
     board.close()
     summary = {split: r.metrics for split, r in results.items()}
@@ -222,6 +253,8 @@ def resolve_paths(config: TrainConfig) -> TrainConfig:
     config.output_dir = str(Path(config.output_dir).resolve())
     if config.data.path:
         config.data.path = str(Path(config.data.path).resolve())
+    if config.data.distractors.media:
+        config.data.distractors.media = str(Path(config.data.distractors.media).resolve())
     return config
 
 

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from grf_stream.data.distractors import EVALUATION, DistractorConfig, Distractors, pair_split
 from grf_stream.data.pickles import load_mmsa, load_mult
-from grf_stream.data.samples import Batch, Sample, SentimentDataset, check_sizes, collate
+from grf_stream.data.samples import Batch, Sample, SentimentDataset, check_sizes, collate, with_absent
 from grf_stream.data.store import FeatureSpec, FeatureStore, ModalitySpec
 from grf_stream.data.synthetic import SyntheticConfig, generate
 
 FORMATS = ("mult", "mmsa", "store", "synthetic")
 
 __all__ = [
-    "Batch", "DataConfig", "FeatureSpec", "FeatureStore", "ModalitySpec", "Sample", "SentimentDataset",
-    "check_sizes", "collate", "load_split", "feature_spec",
+    "Batch", "DataConfig", "DistractorConfig", "Distractors", "FeatureSpec", "FeatureStore", "ModalitySpec", "Sample", "SentimentDataset",
+    "check_sizes", "collate", "with_absent", "feature_spec", "load_distractors", "load_split", "pair_split", "evaluation_form",
 ]
 
 
@@ -27,6 +28,8 @@ class DataConfig:
     """The .pkl file or the store directory (unused for synthetic)."""
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
     """Shapes and sizes when format is synthetic (generated in memory, deterministic)."""
+    distractors: DistractorConfig = field(default_factory=DistractorConfig)
+    """Real, unrelated audio and video for samples that have none (see data/distractors.py)."""
 
     def __post_init__(self) -> None:
         if self.format not in FORMATS:
@@ -46,8 +49,23 @@ def load_split(config: DataConfig, split: str) -> list[Sample]:
     return generate(config.synthetic)[split]
 
 
-def feature_spec(config: DataConfig, sizes: dict[str, int]) -> FeatureSpec:
-    """The spec a checkpoint records: the store's own, else a description of the pickle's features."""
+def load_distractors(config: DataConfig) -> Distractors | None:
+    """The configured distractor recordings, extracted; None when data.distractors.media is unset."""
+    return Distractors.from_media(config.distractors) if config.distractors.media else None
+
+
+def evaluation_form(samples: list[Sample], distractors: Distractors | None) -> list[Sample]:
+    """A split as it is evaluated: every sample lacking audio or video gets a window of each, the
+    same windows in every epoch, every run and trainer.evaluate."""
+    return pair_split(samples, distractors, 1.0, 0, EVALUATION) if distractors is not None else samples
+
+
+def feature_spec(config: DataConfig, sizes: dict[str, int], distractors: Distractors | None = None) -> FeatureSpec:
+    """The spec a checkpoint records: the store's own, else a description of the pickle's features;
+    the distractors' extractors for the modalities they give."""
     if config.format == "store":
-        return FeatureStore.open(config.path).spec
-    return FeatureSpec({m: ModalitySpec(f"{config.format}-features", "1", d, 0.0) for m, d in sizes.items()})
+        spec = FeatureStore.open(config.path).spec
+    else:
+        spec = FeatureSpec({m: ModalitySpec(f"{config.format}-features", "1", d, 0.0) for m, d in sizes.items()})
+    extra = distractors.spec.modalities if distractors is not None else {}
+    return FeatureSpec({**spec.modalities, **extra})

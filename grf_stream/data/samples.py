@@ -61,6 +61,15 @@ def collate(samples: list[Sample]) -> Batch:
     return Batch(features, masks, labels, [s.id for s in samples])
 
 
+def with_absent(samples: list[Sample], sizes: dict[str, int]) -> list[Sample]:
+    """Every sample with each of `sizes`' modalities it lacks as one masked zero step (no data)."""
+    def filled(s: Sample) -> Sample:
+        missing = [m for m in sizes if m not in s.features]
+        return Sample(s.id, s.label, {**s.features, **{m: np.zeros((1, sizes[m]), np.float32) for m in missing}},
+                      {**s.masks, **{m: np.zeros(1, bool) for m in missing}})
+    return [filled(s) for s in samples]
+
+
 def check_sizes(samples: list[Sample], sizes: dict[str, int], source: str) -> None:
     """The data's feature sizes must be the model's; say which override fixes a mismatch."""
     if not samples:

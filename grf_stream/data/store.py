@@ -6,7 +6,8 @@ Layout of a store directory (one per dataset and feature spec):
                           "modalities": {name: {"extractor", "version", "size", "rate"}}}
     samples.csv          one row per sample: id, split, label (continuous), plus free columns
     features/<id>.npz    one float32 array (T_m, size_m) per modality name; T_m may differ per
-                         modality and per sample, and is 0 where a modality has no data
+                         modality and per sample, and is 0 where a modality has no data;
+                         a row of zeros is a step with no data (the extractors' masked rows)
 
 The spec is what checkpoints record and what the server checks its extractors against. Samples are
 written one file each, so an interrupted extraction resumes by skipping the ids already on disk;
@@ -138,10 +139,11 @@ class FeatureStore:
 
 
 def sample_from_arrays(sample_id: str, label: float, arrays: dict[str, np.ndarray]) -> Sample:
-    """Every stored row is real; a modality with no rows becomes one masked zero step."""
+    """A row of zeros holds no data (a video frame without a face) and is masked, as the extractor
+    masked it; a modality with no rows becomes one masked zero step."""
     features, masks = {}, {}
     for m, x in arrays.items():
         empty = len(x) == 0
         features[m] = np.zeros((1, x.shape[1]), np.float32) if empty else x.astype(np.float32)
-        masks[m] = np.zeros(1, bool) if empty else np.ones(len(x), bool)
+        masks[m] = np.zeros(1, bool) if empty else features[m].any(axis=1)
     return Sample(sample_id, label, features, masks)

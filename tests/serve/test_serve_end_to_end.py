@@ -68,8 +68,7 @@ def replies(result):
 
 @needs_media
 def test_streaming_the_mosi_clip_gives_a_prediction_after_every_step_and_ends_cleanly(server, tmp_path):
-    with open(LABELS, newline="") as f:
-        row = next(r for r in csv.DictReader(f) if r["id"] == "Oz06ZWiO20M_6")
+    row = mosi_row("Oz06ZWiO20M_6")
     transcript = tmp_path / "transcript.csv"
     transcript.write_text(f'start,end,text\n0,{float(row["end"]) - float(row["start"]):.2f},"{row["text"]}"\n')
     result = client(server, "--video", str(MEDIA), "--transcript", str(transcript), "--speed", "2",
@@ -95,6 +94,43 @@ def test_segment_policy_fuses_each_modality_once(server, tmp_path):
     predictions = [r for r in replies(result) if r["type"] == "prediction"]
     assert sorted(p["modality"] for p in predictions) == ["audio", "text", "video"]
     assert [p["gate"] == 0 for p in predictions] == [True, False, False]
+
+
+@needs_media
+def test_the_served_prediction_of_the_mosi_clip_is_its_offline_evaluation(server, tmp_path):
+    """The packaged model through the server equals the same model over the offline extraction path
+    (what `python -m grf_stream.extract` stores) evaluated by the trainer's code, in the served order."""
+    from grf_stream.data.store import sample_from_arrays
+    from grf_stream.default_model import SHIPPED, load_serving_model
+    from grf_stream.features.offline import SampleExtractor, SampleJob
+    from trainer.evaluate import evaluate_model
+
+    if not SHIPPED.exists():
+        pytest.skip(f"no packaged model at {SHIPPED}: train and ship it as the README says")
+    row = mosi_row("Oz06ZWiO20M_6")
+    transcript = tmp_path / "transcript.csv"
+    transcript.write_text(f'start,end,text\n0,7.38,"{row["text"]}"\n')
+    # At real-time speed on warm extractors, so that no frame is dropped as late: the offline path
+    # reads every one.
+    client(server, "--video", str(MEDIA), "--speed", "4", "--window", "segment")
+    result = client(server, "--video", str(MEDIA), "--transcript", str(transcript), "--window", "segment")
+    closed = replies(result)[-1]
+    assert not any(k.startswith("drops") and v for k, v in closed["stats"].items()), closed["stats"]
+    served = [r for r in replies(result) if r["type"] == "prediction"]
+    order = [p["modality"] for p in served]
+    assert sorted(order) == ["audio", "text", "video"], result.stdout + result.stderr
+
+    model, _, _ = load_serving_model()
+    arrays = SampleExtractor(["text", "audio", "video"])(SampleJob(row["id"], row["text"], str(MEDIA), str(MEDIA), None, None))
+    offline = evaluate_model(model, [sample_from_arrays(row["id"], float(row["label"]), arrays)], order)
+    # The wire carries JPEG frames and 16-bit audio, the offline path decoded pixels and floats:
+    # they differ by a few thousandths.
+    assert [p["value"] for p in served] == pytest.approx(offline.step_predictions[0].tolist(), abs=0.01)
+
+
+def mosi_row(sample_id: str) -> dict:
+    with open(LABELS, newline="") as f:
+        return next(r for r in csv.DictReader(f) if r["id"] == sample_id)
 
 
 def test_the_server_writes_its_numbers_to_tensorboard(server, board):

@@ -22,11 +22,16 @@ def batch(lengths={"text": 4, "audio": 12}):
     return collate(samples)
 
 
-def test_windows_interleave_in_time():
+def test_windows_interleave_in_time_as_they_complete():
     steps = fusion_steps(batch(), ["text", "audio"], {"text": 2, "audio": 4})
-    # text windows start at 0, 1/2; audio at 0, 1/3, 2/3: sorted by start, text first on ties
-    assert [m for m, _, _ in steps] == ["text", "audio", "audio", "text", "audio"]
-    assert [x.shape[1] for _, x, _ in steps] == [2, 4, 4, 2, 4]
+    # text windows end at 1/2, 1; audio at 1/3, 2/3, 1: sorted by end, text first on ties
+    assert [m for m, _, _ in steps] == ["audio", "text", "audio", "text", "audio"]
+    assert [x.shape[1] for _, x, _ in steps] == [4, 2, 4, 2, 4]
+
+
+def test_a_whole_phrase_comes_after_the_windows_it_spans():
+    steps = fusion_steps(batch(), ["text", "audio"], {"audio": 4})
+    assert [m for m, _, _ in steps] == ["audio", "audio", "text", "audio"]
 
 
 def test_without_windows_each_modality_is_one_step_in_order():

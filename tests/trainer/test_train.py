@@ -83,3 +83,41 @@ def test_windowed_training_and_evaluate_prints_the_table_and_every_order(tmp_pat
     table = capsys.readouterr().out
     assert "text-audio-vision" in table and "vision-audio-text" in table
     assert len(json.loads((tmp_path / "m.json").read_text())) == 6
+
+
+MEDIA = Path(__file__).resolve().parents[3] / "shared" / "data" / "media"
+
+
+def text_store(root: Path) -> Path:
+    """A store of text features alone (the extractor's spec), labels from the mean of the rows."""
+    from grf_stream.data import FeatureStore
+    from grf_stream.features import feature_spec
+
+    store = FeatureStore.create(root, feature_spec(("text",)))
+    rng, rows = np.random.default_rng(0), []
+    for i, split in enumerate(["train"] * 48 + ["valid"] * 16 + ["test"] * 16):
+        features = rng.normal(size=(int(rng.integers(3, 9)), 384)).astype(np.float32)
+        store.write_features(f"u{i}", {"text": features})
+        rows.append({"id": f"u{i}", "split": split, "label": float(np.clip(8 * features[:, :4].mean(), -3, 3))})
+    store.write_index(rows)
+    return root
+
+
+@pytest.mark.skipif(not MEDIA.is_dir(), reason="needs ../shared/data/media (the distractor recordings)")
+def test_text_labels_with_distractor_audio_and_video_train_a_model_the_server_can_take(tmp_path, capsys):
+    store = text_store(tmp_path / "store")
+    out = run(tmp_path, "distracted", f"data.format=store", f"data.path={store}", f"data.distractors.media={MEDIA}",
+              "model.modalities={text: 384, audio: 26, video: 17}", "model.order=[audio, video, text]",
+              "model.feature_norm=true", "train.epochs=2", small=False)
+    model, spec, _ = load_model(out / "checkpoints" / "best.pt")
+    from grf_stream.features import feature_spec
+
+    assert spec == feature_spec(("text", "audio", "video"))  # the store's text, the recordings' audio and video
+    assert float(model.encoders["audio"].norm.std.max()) > 10  # measured on the raw MFCC scale
+    evaluate.main([str(out / "checkpoints" / "best.pt"), "--orders", "text,audio,video"])
+    evaluate.main([str(out / "checkpoints" / "best.pt"), "--no-distractors"])
+    printed = capsys.readouterr().out
+    assert f"with distractors from {MEDIA}" in printed and "text-audio-video" in printed
+    assert "audio-video-text" in printed.split("[test],")[-1]  # the model's order, text alone present
+    with pytest.raises(SystemExit, match="--media DIR"):
+        evaluate.main([str(out / "checkpoints" / "best.pt"), "--media", str(tmp_path / "gone")])
