@@ -126,12 +126,13 @@ class Client:
                 await self.send(p.Text, payload, True)
         await self.send(p.Bye)
 
-    async def live(self, webcam: int | None, mic: str | None, stdin: bool, window: str, window_s: float) -> None:
-        """Stream capture devices and typed phrases until stdin ends (or Ctrl-C), then say bye."""
+    async def live(self, webcam: str | None, mic: str | None, mic_format: str, stdin: bool, window: str,
+                   window_s: float) -> None:
+        """Stream capture devices and typed phrases until stdin ends (or the devices do, or Ctrl-C), then say bye."""
         modalities = [m for m, on in (("video", webcam is not None), ("audio", mic), ("text", stdin)) if on]
         await self.send(p.Hello, modalities, window, SAMPLE_RATE, window_s, False)
         sources = [self.webcam(webcam)] if webcam is not None else []
-        sources += [self.microphone(mic)] if mic else []
+        sources += [self.microphone(mic, mic_format)] if mic else []
         producers = [asyncio.create_task(source) for source in sources]
         try:
             if stdin:
@@ -143,10 +144,11 @@ class Client:
                 task.cancel()
             await self.send(p.Bye)
 
-    async def webcam(self, device: int) -> None:
-        capture = cv2.VideoCapture(device)
+    async def webcam(self, device: str) -> None:
+        """JPEG frames from a camera (an index) or anything else OpenCV captures (a stream URL, a file)."""
+        capture = cv2.VideoCapture(int(device) if device.isdigit() else device)
         if not capture.isOpened():
-            raise SystemExit(f"cannot open webcam {device}: check --webcam N and that the camera is free")
+            raise SystemExit(f"cannot open webcam {device}: check --webcam N (or a stream URL) and that the camera is free")
         loop = asyncio.get_running_loop()
         while True:
             ok, frame = await loop.run_in_executor(None, capture.read)
@@ -154,20 +156,21 @@ class Client:
                 return
             await self.send(p.Video, cv2.imencode(".jpg", frame, [cv2.IMWRITE_JPEG_QUALITY, 90])[1].tobytes(), None)
 
-    async def microphone(self, device: str) -> None:
-        """PCM16 at 16 kHz in 100 ms chunks from an ALSA device, through PyAV (FFmpeg's capture)."""
+    async def microphone(self, device: str, input_format: str) -> None:
+        """PCM16 at 16 kHz in 100 ms chunks from a capture device through PyAV (FFmpeg's capture):
+        ALSA by default, or any FFmpeg input format (pulse, avfoundation, dshow, ...)."""
         import av
 
         loop = asyncio.get_running_loop()
         try:
-            container = av.open(device, format="alsa")
-        except av.error.FFmpegError as error:
-            raise SystemExit(f"cannot open microphone {device!r} ({error}): give an ALSA device, e.g. --mic default")
+            container = av.open(device, format=input_format)
+        except (av.error.FFmpegError, ValueError) as error:
+            raise SystemExit(f"cannot open microphone {device!r} as {input_format} ({error}): give a capture device, "
+                             f"e.g. --mic default (ALSA), or its FFmpeg format with --mic-format")
         resampler = av.AudioResampler(format="s16", layout="mono", rate=SAMPLE_RATE)
         frames = container.decode(audio=0)
         pending = np.zeros(0, np.int16)
-        while True:
-            frame = await loop.run_in_executor(None, next, frames)
+        while (frame := await loop.run_in_executor(None, next, frames, None)) is not None:  # None: the device ended
             for chunk in resampler.resample(frame):
                 pending = np.concatenate([pending, chunk.to_ndarray().reshape(-1)])
             step = int(AUDIO_CHUNK_S * SAMPLE_RATE)
@@ -224,7 +227,7 @@ async def run(args) -> int:
     receiver = asyncio.create_task(client.receive())
     try:
         if args.webcam is not None or args.mic or args.transcript_stdin:
-            await client.live(args.webcam, args.mic, args.transcript_stdin, args.window, args.window_s)
+            await client.live(args.webcam, args.mic, args.mic_format, args.transcript_stdin, args.window, args.window_s)
         else:
             events = media_events(args.video, args.audio, args.transcript)
             modalities = [m for m in ("text", "audio", "video") if m in {kind for _, kind, _ in events}]
@@ -248,8 +251,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--video", type=Path, help="a video file to replay (frames and sound)")
     parser.add_argument("--audio", type=Path, help="an audio file to replay (wav, flac, ...)")
     parser.add_argument("--transcript", type=Path, help="CSV with start, end, text")
-    parser.add_argument("--webcam", type=int, nargs="?", const=0, help="live: stream this camera (default 0)")
-    parser.add_argument("--mic", nargs="?", const="default", help="live: stream this ALSA microphone (default 'default')")
+    parser.add_argument("--webcam", nargs="?", const="0", help="live: stream this camera (default 0), or a stream URL")
+    parser.add_argument("--mic", nargs="?", const="default", help="live: stream this microphone (default: ALSA's 'default')")
+    parser.add_argument("--mic-format", default="alsa", help="FFmpeg input format of --mic (alsa, pulse, avfoundation, dshow)")
     parser.add_argument("--transcript-stdin", action="store_true", help="live: each line on stdin is a phrase")
     parser.add_argument("--window", choices=("window", "segment"), default="window")
     parser.add_argument("--window-s", type=float, default=1.0)

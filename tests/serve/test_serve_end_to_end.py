@@ -158,6 +158,27 @@ def test_live_phrases_from_stdin(server):
     assert [(p["step"], p["modality"]) for p in predictions] == [(1, "text"), (2, "text")]
 
 
+@needs_media
+def test_live_capture_paths_with_files_standing_in_for_the_camera_and_microphone(server):
+    """The --webcam and --mic code (OpenCV capture, FFmpeg capture through PyAV, resampling, chunking)
+    on the real clip and recording: this machine has no camera or microphone. Files are read faster
+    than real time, so the late-data rules drop frames and chunks; the session still ends cleanly."""
+    speech = MEDIA.with_name("03bSnISJMiM_1.wav")
+    result = client(server, "--webcam", str(MEDIA), "--mic", str(speech), "--mic-format", "wav", "--window", "segment")
+    assert result.returncode == 0, result.stdout + result.stderr
+    got = replies(result)
+    predictions = [r for r in got if r["type"] == "prediction"]
+    assert sorted(p["modality"] for p in predictions) == ["audio", "video"]
+    assert got[-1]["type"] == "closed" and got[-1]["reason"] == "bye"
+
+
+def test_a_missing_camera_or_microphone_is_a_clear_error(server):
+    result = client(server, "--webcam", "/nonexistent/camera")
+    assert result.returncode != 0 and "cannot open webcam /nonexistent/camera" in result.stderr
+    result = client(server, "--mic", "no-such-device", "--mic-format", "alsa")
+    assert result.returncode != 0 and "cannot open microphone 'no-such-device'" in result.stderr
+
+
 def test_client_stats_prints_the_live_numbers(server):
     result = subprocess.run([sys.executable, "-m", "grf_stream.client", "--server", server, "--stats", "--count", "2",
                              "--json"], cwd=ROOT, capture_output=True, text=True, timeout=60)
