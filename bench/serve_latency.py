@@ -2,7 +2,8 @@
 
 In one run: the model-only time of one fusion step (FusionService, no Ray, no sockets), back to
 back and at the sessions' pace of one step every 100 ms (on an otherwise idle machine a step that
-follows 100 ms of sleep runs slower: cold caches and a CPU woken up); then the real server, batched (max_batch=64) and unbatched (max_batch=1), with 1, 8, 32 and 128 concurrent
+follows 100 ms of sleep runs slower: cold caches and a CPU woken up); a Ray actor round trip
+carrying one step, at the same pace (the floor under one fusion call per step); then the real server, batched (max_batch=64) and unbatched (max_batch=1), with 1, 8, 32 and 128 concurrent
 sessions, each sending one `features` step every 100 ms (1 s of audio, 1 s of video or a phrase of
 text, in turn), timed from sending a message to receiving its prediction (after a 1 s warm-up); then one long run at
 32 sessions to see whether latency grows (p99 of the first and of the last 10 s).
@@ -68,6 +69,37 @@ def model_step_ms(sessions: int = 1, device: str = "cpu", repeats: int = 300, pe
     times = times[30:]  # warm-up
     return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99)),
             "steps_per_s": sessions * 1000 / float(np.mean(times))}
+
+
+class Echo:
+    """A Ray actor that does nothing: its round trip is the floor one fusion call per step stands on."""
+
+    def step(self, requests: list[StepRequest]) -> list[StepRequest]:
+        return requests
+
+
+def ray_round_trip_ms(repeats: int = 130, period: float = PERIOD_S) -> dict[str, float]:
+    """One step's request to an actor and back (what the front-end sends the fusion actor), at the
+    sessions' pace, on a Ray of its own like the server's (half a CPU per actor)."""
+    import ray
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
+    try:
+        echo = ray.remote(num_cpus=0.5)(Echo).remote()
+        modality, x = step_windows(SERVED_SIZES, np.random.default_rng(0))[0]
+        request = [StepRequest("s", 0, modality, x, np.ones(len(x), bool))]
+        times = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            ray.get(echo.step.remote(request))
+            times.append((time.perf_counter() - started) * 1000)
+            time.sleep(period)
+    finally:
+        ray.shutdown()
+    times = times[30:]
+    return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99))}
 
 
 def model_only_table(device: str) -> str:
@@ -150,13 +182,15 @@ def summarize(records, seconds: float, warmup_s: float = 1.0) -> dict[str, float
             "steps_per_s": len(records) / seconds}
 
 
-def report(model_ms, paced_ms, results, long_run, args) -> str:
+def report(model_ms, paced_ms, ray_ms, results, long_run, args) -> str:
     lines = [
         f"Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}; the server, "
         "its Ray actors and this load generator share the machine.",
         f"Model-only fusion step (FusionService, one session, 1 thread): back to back p50 {model_ms['p50']:.2f} ms, "
         f"p99 {model_ms['p99']:.2f} ms; one step every {PERIOD_S * 1000:.0f} ms, as a session sends them, "
         f"p50 {paced_ms['p50']:.2f} ms, p99 {paced_ms['p99']:.2f} ms.",
+        f"A Ray actor round trip carrying one step's request (an actor that returns it) at the same pace: "
+        f"p50 {ray_ms['p50']:.2f} ms, p99 {ray_ms['p99']:.2f} ms.",
         "Overhead = end to end minus the model-only step at the sessions' pace (p50 minus p50, p99 minus p99).",
         "",
         "| sessions | mode | steps/s offered | steps/s answered | p50 ms | p99 ms | overhead p50 ms | overhead p99 ms |",
@@ -182,7 +216,7 @@ def main() -> None:
     if args.model_only:
         print(model_only_table(args.model_only))
         return
-    model_ms, paced_ms = model_step_ms(), model_step_ms(repeats=130, period=PERIOD_S)
+    model_ms, paced_ms, ray_ms = model_step_ms(), model_step_ms(repeats=130, period=PERIOD_S), ray_round_trip_ms()
     sizes = SERVED_SIZES
     results, long_run = {}, None
     for mode, max_batch in (("batched", 64), ("unbatched", 1)):
@@ -202,7 +236,7 @@ def main() -> None:
         finally:
             process.terminate()
             process.wait(timeout=30)
-    body = report(model_ms, paced_ms, results, long_run, args)
+    body = report(model_ms, paced_ms, ray_ms, results, long_run, args)
     print("\n" + body)
     if args.write:
         write_section(args.write, "serve-latency", "Serving latency", body, command_line("serve_latency.py"))
