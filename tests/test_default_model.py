@@ -23,7 +23,8 @@ def test_the_packaged_model_is_trained_on_cmu_mosi_and_takes_the_extractors_feat
     run = payload["run_config"]
     assert run["name"] == "mosi_text" and run["data"]["format"] == "store"
     assert payload["training_state"] is None
-    assert not any(os.path.isabs(v) for v in (run["data"]["path"], run["data"]["distractors"]["media"], run["output_dir"]))
+    paths = (run["data"]["path"], run["data"]["distractors"]["media"], run["output_dir"])
+    assert not any(os.path.isabs(path) for path in paths)
     assert payload["metrics"]["mae"] < 1.0  # validation MAE of the epoch kept
     assert default_model.SHIPPED.stat().st_size < 5_000_000
     assert model.config.feature_norm and float(model.encoders["audio"].norm.std.max()) > 10  # raw MFCC scale measured

@@ -139,7 +139,8 @@ def test_feature_norm_standardises_raw_features_with_statistics_kept_in_the_chec
     plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.endswith((".norm.mean", ".norm.std"))})
     standardised = {m: model.encoders[m].norm(x) for m, x in scaled.items()}
     assert_close(model(scaled, masks).step_predictions, plain(standardised, masks).step_predictions)
-    assert {k for k in model.state_dict() if k.startswith("encoders.") and ".norm." in k} == {f"encoders.{m}.norm.{s}" for m in SIZES for s in ("mean", "std")}
+    norm_keys = {k for k in model.state_dict() if k.startswith("encoders.") and ".norm." in k}
+    assert norm_keys == {f"encoders.{m}.norm.{s}" for m in SIZES for s in ("mean", "std")}
     padded = model(*pad(scaled, masks, extra=5))
     assert_close(padded.step_predictions, model(scaled, masks).step_predictions)
 

@@ -47,16 +47,16 @@ def grf_rows(model: GRF, spec: FeatureSpec, text_only: list[Sample], with_media:
     windowed = evaluate_model(model, with_media, ["audio", "video", "text"], one_second)
     text_first = evaluate_model(model, with_media, ["text", "audio", "video"])
     alone = evaluate_model(model, text_only, ["text"])
-    labels = text_first.labels
+    labels, after_text = text_first.labels, text_first.step_predictions[:, 0]
     return {
         "GRF served, segment policy: audio, video, then text": served.metrics,
         "GRF served, window policy: 1 s audio and video steps, then text": windowed.metrics,
-        "GRF text first: after the text step": sentiment_metrics(text_first.step_predictions[:, 0], labels),
+        "GRF text first: after the text step": sentiment_metrics(after_text, labels),
         "GRF text first: after audio and video too": text_first.metrics,
         "GRF, text alone": alone.metrics,
     }, {
-        "mean |change| from the audio and video steps": float(np.mean(np.abs(text_first.predictions - text_first.step_predictions[:, 0]))),
-        "sign changes from the audio and video steps": int(np.sum(np.sign(text_first.predictions) != np.sign(text_first.step_predictions[:, 0]))),
+        "mean |change| from the audio and video steps": float(np.mean(np.abs(text_first.predictions - after_text))),
+        "sign changes from the audio and video steps": int(np.sum(np.sign(text_first.predictions) != np.sign(after_text))),
         "mean |segment policy - text alone|": float(np.mean(np.abs(served.predictions - alone.predictions))),
         "mean |window policy - text alone|": float(np.mean(np.abs(windowed.predictions - alone.predictions))),
     }

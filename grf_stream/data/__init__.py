@@ -13,8 +13,9 @@ from grf_stream.data.synthetic import SyntheticConfig, generate
 FORMATS = ("mult", "mmsa", "store", "synthetic")
 
 __all__ = [
-    "Batch", "DataConfig", "DistractorConfig", "Distractors", "FeatureSpec", "FeatureStore", "ModalitySpec", "Sample", "SentimentDataset",
-    "check_sizes", "collate", "with_absent", "feature_spec", "load_distractors", "load_split", "pair_split", "evaluation_form",
+    "Batch", "DataConfig", "DistractorConfig", "Distractors", "FeatureSpec", "FeatureStore", "ModalitySpec", "Sample",
+    "SentimentDataset", "check_sizes", "collate", "evaluation_form", "feature_spec", "load_distractors", "load_split",
+    "pair_split", "with_absent",
 ]
 
 

@@ -48,7 +48,8 @@ def test_without_a_window_a_modality_is_one_masked_step_and_stored_data_is_never
     empty = pool.attach(text_sample(2), np.random.default_rng(0), p=0.0)
     assert empty.features["audio"].shape == (1, 26) and not empty.masks["audio"].any()
     own_audio = np.ones((7, 26), np.float32)
-    sample = Sample("own", 0.0, {"text": np.ones((3, 384), np.float32), "audio": own_audio}, {"text": np.ones(3, bool), "audio": np.ones(7, bool)})
+    sample = Sample("own", 0.0, {"text": np.ones((3, 384), np.float32), "audio": own_audio},
+                    {"text": np.ones(3, bool), "audio": np.ones(7, bool)})
     paired = pool.attach(sample, np.random.default_rng(0), p=1.0)
     assert paired.features["audio"] is own_audio and paired.features["video"].shape[0] >= 15
 

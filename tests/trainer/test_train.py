@@ -106,7 +106,7 @@ def text_store(root: Path) -> Path:
 @pytest.mark.skipif(not MEDIA.is_dir(), reason="needs ../shared/data/media (the distractor recordings)")
 def test_text_labels_with_distractor_audio_and_video_train_a_model_the_server_can_take(tmp_path, capsys):
     store = text_store(tmp_path / "store")
-    out = run(tmp_path, "distracted", f"data.format=store", f"data.path={store}", f"data.distractors.media={MEDIA}",
+    out = run(tmp_path, "distracted", "data.format=store", f"data.path={store}", f"data.distractors.media={MEDIA}",
               "model.modalities={text: 384, audio: 26, video: 17}", "model.order=[audio, video, text]",
               "model.feature_norm=true", "train.epochs=2", small=False)
     model, spec, _ = load_model(out / "checkpoints" / "best.pt")
@@ -117,7 +117,8 @@ def test_text_labels_with_distractor_audio_and_video_train_a_model_the_server_ca
     evaluate.main([str(out / "checkpoints" / "best.pt"), "--orders", "text,audio,video"])
     evaluate.main([str(out / "checkpoints" / "best.pt"), "--no-distractors"])
     printed = capsys.readouterr().out
-    assert f"with distractors from {MEDIA}" in printed and "text-audio-video" in printed
+    # The run records resolved paths (../shared may be a link).
+    assert f"with distractors from {MEDIA.resolve()}" in printed and "text-audio-video" in printed
     assert "audio-video-text" in printed.split("[test],")[-1]  # the model's order, text alone present
     with pytest.raises(SystemExit, match="--media DIR"):
         evaluate.main([str(out / "checkpoints" / "best.pt"), "--media", str(tmp_path / "gone")])
