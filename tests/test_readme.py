@@ -13,3 +13,32 @@ def test_readme_python_example_runs():
     exec(compile(blocks[0], str(README), "exec"), namespace)
     assert namespace["y"].shape == (2,)
     assert namespace["out"].gates.shape == (2, 2, 64)
+
+
+SHARED = README.parents[1] / "shared" / "data"
+
+
+def test_readme_default_model_table_is_what_its_command_measures(tmp_path):
+    """Rebuild the text store as the README says, run `python -m trainer.mosi_report`, and find
+    every measured row of the README's table in its output, number for number."""
+    import pytest
+
+    labels = SHARED / "mosi" / "mosi_labels_transcripts.csv"
+    if not labels.exists():
+        pytest.skip("needs ../shared/data (the CMU-MOSI labels and transcripts, and the media)")
+    import os
+    import subprocess
+    import sys
+
+    root, store = README.parent, tmp_path / "mosi_text"
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    subprocess.run([sys.executable, "-m", "grf_stream.extract", "--labels", str(labels), "--out", str(store),
+                    "--modalities", "text"], cwd=root, env=env, check=True, capture_output=True, timeout=600)
+    report = subprocess.run([sys.executable, "-m", "trainer.mosi_report", "--store", str(store),
+                             "--media", str(SHARED / "media")], cwd=root, env=env, check=True, capture_output=True,
+                            text=True, timeout=600).stdout
+    rows = [line for line in report.splitlines() if line.startswith("| ") and not line.startswith("| test split")]
+    measured = [row for row in rows if "published" not in row]
+    assert len(measured) == 6, report
+    for row in measured:
+        assert row in README.read_text(), f"the README's table lacks this measured row:\n{row}"
