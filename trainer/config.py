@@ -49,6 +49,8 @@ class RegimeConfig:
     """Weight of the L1 loss of model.aux_head (the released code's auxiliary loss: 0.4)."""
     window_steps: dict[str, int] = field(default_factory=dict)
     """Cut a modality into windows of this many steps, fused as separate steps in time order."""
+    window_p: float = 1.0
+    """Chance a batch is cut into window_steps; otherwise each modality is one step (both policies)."""
     stop_after: int = 0
     """End this invocation after this many epochs, resumable with --resume (time-boxed jobs); 0 = off."""
 
@@ -59,6 +61,8 @@ class RegimeConfig:
             raise ValueError(f"train.modality_dropout={self.modality_dropout} must be in [0, 1)")
         if self.epochs <= 0 or self.patience <= 0:
             raise ValueError("train.epochs and train.patience must be positive")
+        if not 0 <= self.window_p <= 1:
+            raise ValueError(f"train.window_p={self.window_p} must be in [0, 1]")
         for m, steps in self.window_steps.items():
             if steps <= 0:
                 raise ValueError(f"train.window_steps.{m}={steps} must be positive")

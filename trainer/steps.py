@@ -25,6 +25,14 @@ def batch_order(default: list[str], regime: RegimeConfig, seed: int, epoch: int,
     return order
 
 
+def batch_windows(regime: RegimeConfig, seed: int, epoch: int, index: int) -> dict[str, int]:
+    """The windows of one batch: regime.window_steps with chance regime.window_p, else none;
+    the choice depends only on (seed, epoch, batch)."""
+    if regime.window_p >= 1 or random.Random(f"{seed}/{epoch}/{index}/windows").random() < regime.window_p:
+        return regime.window_steps
+    return {}
+
+
 def hide_modalities(masks: dict[str, Tensor], p: float, generator: torch.Generator) -> dict[str, Tensor]:
     """Modality dropout: each (sample, modality) is hidden with chance p; one modality always stays."""
     names = list(masks)

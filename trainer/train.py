@@ -35,7 +35,7 @@ from grf_stream.model import GRF
 from trainer.board import TrainingBoard
 from trainer.config import TrainConfig
 from trainer.evaluate import Evaluation, evaluate_model
-from trainer.steps import batch_order, fusion_steps, hide_modalities, learning_rate, loss
+from trainer.steps import batch_order, batch_windows, fusion_steps, hide_modalities, learning_rate, loss
 
 SPLITS = ("train", "valid", "test")
 
@@ -115,7 +115,7 @@ def train_epoch(module, model, loader, optimizer, config: TrainConfig, epoch: in
         if regime.modality_dropout:
             batch.masks = hide_modalities(batch.masks, regime.modality_dropout, generator)
         order = batch_order(config.model.order, regime, regime.seed, epoch, index)
-        out = module(fusion_steps(batch, order, regime.window_steps))
+        out = module(fusion_steps(batch, order, batch_windows(regime, regime.seed, epoch, index)))
         batch_loss = loss(out, batch.labels, regime)
         optimizer.zero_grad(set_to_none=True)
         batch_loss.backward()

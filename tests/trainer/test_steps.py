@@ -9,7 +9,7 @@ from grf_stream.data import collate
 from grf_stream.data.synthetic import SyntheticConfig, generate
 from grf_stream.model import GRFOutput
 from trainer.config import OptimConfig, RegimeConfig
-from trainer.steps import batch_order, fusion_steps, hide_modalities, learning_rate, loss
+from trainer.steps import batch_order, batch_windows, fusion_steps, hide_modalities, learning_rate, loss
 
 
 def batch(lengths={"text": 4, "audio": 12}):
@@ -52,6 +52,18 @@ def test_modality_dropout_always_keeps_one_modality():
     alive = torch.stack([kept[m].any(1) for m in masks], dim=1)  # (B, M)
     assert alive.any(1).all()
     assert 0.55 < 1 - alive.float().mean() < 0.65  # 0.9 hidden, except the one kept: 0.9 * 2/3
+
+
+def test_a_batch_is_windowed_with_chance_window_p_fixed_by_seed_epoch_and_batch():
+    windows = {"audio": 100}
+    always, never, half = (RegimeConfig(window_steps=windows, window_p=p) for p in (1.0, 0.0, 0.5))
+    assert all(batch_windows(always, 0, 0, i) == windows for i in range(20))
+    assert all(batch_windows(never, 0, 0, i) == {} for i in range(20))
+    chosen = [batch_windows(half, 0, 2, i) == windows for i in range(200)]
+    assert 70 < sum(chosen) < 130
+    assert chosen == [batch_windows(half, 0, 2, i) == windows for i in range(200)]
+    with pytest.raises(ValueError, match="window_p"):
+        RegimeConfig(window_p=1.5)
 
 
 def test_random_order_is_a_permutation_fixed_by_seed_epoch_and_batch():
