@@ -34,6 +34,7 @@ from grf_stream.model import GRF
 
 ROOT = Path(__file__).resolve().parents[1]
 PERIOD_S = 0.1  # each session sends a step every 100 ms
+WARMUP_CALLS = 30  # left out of the timings: first calls, allocations
 WINDOWS = {"audio": 100, "video": 30, "text": 12}  # rows of one step: 1 s of audio or video, one phrase
 # The served extractors' feature sizes (grf_stream/features), written out so that `--model-only` runs
 # where the extractors' own libraries are not installed (a bare GPU machine).
@@ -47,6 +48,10 @@ def served_model() -> GRF:
 
 def step_windows(sizes: dict[str, int], rng) -> list[tuple[str, np.ndarray]]:
     return [(m, rng.standard_normal((WINDOWS[m], sizes[m])).astype(np.float32)) for m in ("audio", "video", "text")]
+
+
+def percentiles(times_ms) -> dict[str, float]:
+    return {"p50": float(np.percentile(times_ms, 50)), "p99": float(np.percentile(times_ms, 99))}
 
 
 def model_step_ms(sessions: int = 1, device: str = "cpu", repeats: int = 300, period: float = 0.0) -> dict[str, float]:
@@ -66,9 +71,8 @@ def model_step_ms(sessions: int = 1, device: str = "cpu", repeats: int = 300, pe
         service.step([StepRequest(name, i, modality, x, mask) for name in names])
         times.append((time.perf_counter() - started) * 1000)
         time.sleep(period)
-    times = times[30:]  # warm-up
-    return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99)),
-            "steps_per_s": sessions * 1000 / float(np.mean(times))}
+    times = times[WARMUP_CALLS:]
+    return {**percentiles(times), "steps_per_s": sessions * 1000 / float(np.mean(times))}
 
 
 class Echo:
@@ -98,8 +102,7 @@ def ray_round_trip_ms(repeats: int = 130, period: float = PERIOD_S) -> dict[str,
             time.sleep(period)
     finally:
         ray.shutdown()
-    times = times[30:]
-    return {"p50": float(np.percentile(times, 50)), "p99": float(np.percentile(times, 99))}
+    return percentiles(times[WARMUP_CALLS:])
 
 
 def model_only_table(device: str) -> str:
@@ -178,7 +181,7 @@ def summarize(records, seconds: float, warmup_s: float = 1.0) -> dict[str, float
     """Percentiles after the first `warmup_s` (connections, first actor calls); rate over the whole run."""
     t0 = min(t for t, _ in records)
     latencies = [ms for t, ms in records if t - t0 >= warmup_s] or [ms for _, ms in records]
-    return {"p50": float(np.percentile(latencies, 50)), "p99": float(np.percentile(latencies, 99)),
+    return {**percentiles(latencies),
             "steps_per_s": len(records) / seconds}
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import torch
 
-from grf_stream.checkpoint import load_model, read_checkpoint
+from grf_stream.checkpoint import load_model, read_checkpoint, save_checkpoint
 from grf_stream.data.store import FeatureSpec
 from grf_stream.model import GRF, GRFConfig
 
@@ -51,12 +51,10 @@ def load_serving_model(checkpoint: str | Path | None = None) -> tuple[GRF, Featu
 
 def ship(checkpoint: str | Path, destination: Path = SHIPPED) -> dict:
     """Copy a run's checkpoint to `destination` for serving; returns what was written."""
-    payload = read_checkpoint(checkpoint)
-    payload["training_state"] = None
-    payload["run_config"] = _relative_paths(payload.get("run_config") or {}, Path.cwd())
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(payload, destination)
-    return payload
+    model, spec, payload = load_model(checkpoint)
+    run_config = _relative_paths(payload.get("run_config") or {}, Path.cwd())
+    save_checkpoint(destination, model, spec, run_config, payload.get("metrics"))  # no training state
+    return read_checkpoint(destination)
 
 
 def _relative_paths(value, root: Path):

@@ -63,9 +63,8 @@ def grf_rows(model: GRF, spec: FeatureSpec, text_only: list[Sample], with_media:
     }
 
 
-def ridge_row(store: str, split: str) -> tuple[dict[str, float], float]:
-    data = DataConfig(format="store", path=store)
-    train, valid, evaluated = (mean_pooled(load_split(data, s), "text") for s in ("train", "valid", split))
+def ridge_row(stored: dict[str, list[Sample]], split: str) -> tuple[dict[str, float], float]:
+    train, valid, evaluated = (mean_pooled(stored[s], "text") for s in ("train", "valid", split))
     ridge = fit_on_validation(train, valid)
     return sentiment_metrics(ridge.predict(evaluated[0]), evaluated[1]), ridge.alpha
 
@@ -97,9 +96,10 @@ def main(argv: list[str] | None = None) -> None:
 
     model, spec, _ = load_model(args.checkpoint)
     data = DataConfig(format="store", path=args.store, distractors=DistractorConfig(media=args.media))
-    text_only = load_split(data, args.split)
+    stored = {split: load_split(data, split) for split in ("train", "valid", args.split)}
+    text_only = stored[args.split]
     rows, movement = grf_rows(model, spec, text_only, evaluation_form(text_only, load_distractors(data)))
-    rows["Ridge on mean-pooled text features (floor)"], alpha = ridge_row(args.store, args.split)
+    rows["Ridge on mean-pooled text features (floor)"], alpha = ridge_row(stored, args.split)
     if args.split == "test":  # the published numbers are test-split numbers
         rows["MulT, text+audio+video (published)"] = MULT_PUBLISHED
     print(f"{args.checkpoint} on {args.store} [{args.split}]; audio and video windows from {args.media}\n")

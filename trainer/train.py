@@ -148,13 +148,14 @@ def train_func(loop_config: dict) -> None:
 
     torch.manual_seed(config.train.seed)
     model = GRF(config.model)
+    first_epoch = data.train(0)
     if config.model.feature_norm:
-        set_feature_statistics(model, data.train(0))
+        set_feature_statistics(model, first_epoch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     progress = restore(loop_config.get("resume_from"), model, optimizer)
     # Wraps in DDP when there are several workers; missing modalities leave some weights unused.
     module = ray.train.torch.prepare_model(StepsModule(model), parallel_strategy_kwargs={"find_unused_parameters": True})
-    sampler = DistributedSampler(SentimentDataset(data.train(0)), world, rank, shuffle=True, seed=config.train.seed)
+    sampler = DistributedSampler(SentimentDataset(first_epoch), world, rank, shuffle=True, seed=config.train.seed)
     loader = DataLoader(sampler.dataset, config.optim.batch_size, sampler=sampler, collate_fn=collate)
 
     board = TrainingBoard(run_dir(config) / "tensorboard", progress.epoch) if rank == 0 else None

@@ -17,8 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
-from grf_stream.data.samples import Sample
-from grf_stream.data.store import FeatureSpec
+from grf_stream.data.samples import Sample, no_data
+from grf_stream.data.store import FeatureSpec, sample_from_arrays
 
 EVALUATION = 1_000_000  # the "epoch" of validation and test windows: the same every epoch and in trainer.evaluate
 
@@ -67,16 +67,17 @@ class Distractors:
         folder = Path(config.media)
         if not folder.is_dir():
             raise FileNotFoundError(f"data.distractors.media={config.media!r} is not a folder of recordings")
-        extractor = SampleExtractor(config.modalities)
+        # An audio file has no video: it goes to an extractor without the video modality.
+        for_video = SampleExtractor(config.modalities)
+        for_audio = SampleExtractor([m for m in config.modalities if m != "video"])
         sequences: dict[str, list[tuple[np.ndarray, np.ndarray]]] = {m: [] for m in config.modalities}
         for path in sorted(p for p in folder.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES + VIDEO_SUFFIXES):
-            video = str(path) if path.suffix.lower() in VIDEO_SUFFIXES else None
-            job = SampleJob(path.stem, None, str(path), video, None, None)
-            for m in config.modalities:
-                if m == "video" and video is None:
-                    continue
-                rows = getattr(extractor, f"_{m}")(job)
-                mask = rows.any(axis=1)  # rows of zeros hold no data (a frame without a face)
+            is_video = path.suffix.lower() in VIDEO_SUFFIXES
+            job = SampleJob(path.stem, None, str(path), str(path) if is_video else None, None, None)
+            arrays = (for_video if is_video else for_audio)(job)
+            stored = sample_from_arrays(path.stem, 0.0, arrays)  # masked as the store masks (no-face frames)
+            for m in arrays:
+                rows, mask = stored.features[m], stored.masks[m]
                 if mask.any():
                     sequences[m].append((rows, mask))
         return cls(sequences, feature_spec(config.modalities), config)
@@ -104,8 +105,7 @@ class Distractors:
             if rng.random() < p:
                 features[m], masks[m] = self.window(m, rng)
             else:
-                features[m] = np.zeros((1, self.spec.modalities[m].size), np.float32)
-                masks[m] = np.zeros(1, bool)
+                features[m], masks[m] = no_data(self.spec.modalities[m].size)
         return Sample(sample.id, sample.label, features, masks)
 
 

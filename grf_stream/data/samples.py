@@ -61,12 +61,19 @@ def collate(samples: list[Sample]) -> Batch:
     return Batch(features, masks, labels, [s.id for s in samples])
 
 
+def no_data(size: int) -> tuple[np.ndarray, np.ndarray]:
+    """A modality without data: one zero step, masked (features (1, size), mask (1,))."""
+    return np.zeros((1, size), np.float32), np.zeros(1, bool)
+
+
 def with_absent(samples: list[Sample], sizes: dict[str, int]) -> list[Sample]:
-    """Every sample with each of `sizes`' modalities it lacks as one masked zero step (no data)."""
+    """Every sample with each of `sizes`' modalities it lacks as `no_data`."""
     def filled(s: Sample) -> Sample:
-        missing = [m for m in sizes if m not in s.features]
-        return Sample(s.id, s.label, {**s.features, **{m: np.zeros((1, sizes[m]), np.float32) for m in missing}},
-                      {**s.masks, **{m: np.zeros(1, bool) for m in missing}})
+        features, masks = dict(s.features), dict(s.masks)
+        for m in sizes:
+            if m not in features:
+                features[m], masks[m] = no_data(sizes[m])
+        return Sample(s.id, s.label, features, masks)
     return [filled(s) for s in samples]
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grf_stream.data.samples import Sample
+from grf_stream.data.samples import Sample, no_data
 
 FORMAT, FORMAT_VERSION = "grf-feature-store", 1
 SPLITS = ("train", "valid", "test")
@@ -143,7 +143,9 @@ def sample_from_arrays(sample_id: str, label: float, arrays: dict[str, np.ndarra
     masked it; a modality with no rows becomes one masked zero step."""
     features, masks = {}, {}
     for m, x in arrays.items():
-        empty = len(x) == 0
-        features[m] = np.zeros((1, x.shape[1]), np.float32) if empty else x.astype(np.float32)
-        masks[m] = np.zeros(1, bool) if empty else features[m].any(axis=1)
+        if len(x) == 0:
+            features[m], masks[m] = no_data(x.shape[1])
+        else:
+            features[m] = x.astype(np.float32)
+            masks[m] = features[m].any(axis=1)
     return Sample(sample_id, label, features, masks)
