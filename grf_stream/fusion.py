@@ -68,9 +68,9 @@ class FusionService:
     """Per-session contexts over one GRF model, on CPU or GPU."""
 
     def __init__(self, model: GRF, device: str = "cpu", threads: int = 1):
-        if model.config.init != "pooled":
+        if model.config.init == "sequence":
             raise ValueError("init: sequence is the released code's reproduction mode; a stream needs a "
-                             "one-token context (init: pooled)")
+                             "one-token context (init: pooled or learned)")
         torch.set_num_threads(threads)  # a busy second core otherwise slows torch many times over
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()

@@ -13,6 +13,13 @@ arXiv 2507.02985. Modality m has features X_m of shape (T_m, d_m); d = d_model.
     (8) h_k  = LayerNorm(Dropout((1 - z_k) * s' + z_k * h~_k))
     (9) y_k  = Head(h_k)                               a prediction after every step
 
+Two variants for streams that run for minutes (chosen in `__init__` like the others):
+    (3') h_0 = a learned context; the first modality is fused into it by (4)-(8) like every later
+         one (`init: learned`), so a first step with no real row leaves h_0, not a zero context
+    (8') h_k = (1 - z_k) * h_{k-1} + z_k * Dropout(h~_k)   (`gfu: keep`): z_k = 0 keeps h_{k-1}
+         exactly. In (8) the carried term s' is the context already rewritten by attending to the
+         new window, so no gate value can shut an uninformative step out; here one can.
+
 N_m is the identity, or with `feature_norm` a standardisation (X_m - mu_m) / sigma_m whose
 statistics the trainer measures on the training data and the checkpoint keeps: raw extractor
 output goes in at serving time, whatever its scale (MFCCs reach +-400, face geometry is near 1).
@@ -32,12 +39,14 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 import torch.nn as nn
 from torch import Tensor
 
-INIT_MODES = ("pooled", "sequence")
+INIT_MODES = ("pooled", "sequence", "learned")
+GFU_MODES = ("attended", "keep")
 
 
 @dataclass
@@ -59,7 +68,10 @@ class GRFConfig:
     share_block: bool = True
     """One fusion block for every step (GRF); False = one block per fused modality (released code)."""
     init: str = "pooled"
-    """First state: 'pooled' mean of the first modality (3), or its whole 'sequence' (released code)."""
+    """First state: 'pooled' mean of the first modality (3), its whole 'sequence' (released code), or a
+    'learned' h_0 the first modality is fused into (3')."""
+    gfu: str = "attended"
+    """What the gate carries: 'attended' s' as in (8) (the paper), or 'keep' h_{k-1} itself (8')."""
     modality_embedding: bool = True
     """Add a learned e_m in (1) so the shared block knows what it is fusing (any-order fusion)."""
     order: list[str] | None = None
@@ -87,6 +99,10 @@ class GRFConfig:
             raise ValueError(f"dropout={self.dropout} must be in [0, 1)")
         if self.init not in INIT_MODES:
             raise ValueError(f"init={self.init!r} is not one of {INIT_MODES}")
+        if self.gfu not in GFU_MODES:
+            raise ValueError(f"gfu={self.gfu!r} is not one of {GFU_MODES}")
+        if self.init == "learned" and not self.share_block:
+            raise ValueError("init=learned fuses the first modality with the block too: it needs share_block=true")
         self.order = list(self.order) if self.order is not None else list(self.modalities)
         if sorted(self.order) != sorted(self.modalities):
             raise ValueError(f"order {self.order} must list each of {list(self.modalities)} exactly once")
@@ -204,12 +220,31 @@ class GatedFusionUnit(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.norm = nn.LayerNorm(config.d_model)
 
-    def forward(self, s: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, previous: Tensor, s: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
         sm = torch.cat([s, m], dim=-1)  # (B, 2d)
         z = torch.sigmoid(self.gate(sm))  # (6) update gate (B, d)
         candidate = torch.tanh(self.candidate(sm))  # (7) candidate (B, d)
-        h = self.norm(self.dropout((1 - z) * s + z * candidate))  # (8) (B, d)
+        h = self.norm(self.dropout((1 - z) * s + z * candidate))  # (8) (B, d); `previous` is not carried
         return h, z
+
+
+class KeepingGatedFusionUnit(nn.Module):
+    """Equation (8'): the gate mixes the previous context itself with the candidate, so z = 0 keeps it.
+
+    No LayerNorm: tanh bounds the candidate, and a convex mix of bounded contexts stays bounded.
+    """
+
+    def __init__(self, config: GRFConfig):
+        super().__init__()
+        self.gate = nn.Linear(2 * config.d_model, config.d_model)
+        self.candidate = nn.Linear(2 * config.d_model, config.d_model)
+        self.dropout = nn.Dropout(config.dropout)
+
+    def forward(self, previous: Tensor, s: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+        sm = torch.cat([s, m], dim=-1)  # (B, 2d)
+        z = torch.sigmoid(self.gate(sm))  # (6) update gate (B, d)
+        candidate = self.dropout(torch.tanh(self.candidate(sm)))  # (7) candidate (B, d)
+        return (1 - z) * previous + z * candidate, z  # (8') (B, d)
 
 
 class FusionBlock(nn.Module):
@@ -219,7 +254,7 @@ class FusionBlock(nn.Module):
         super().__init__()
         self.dec_a = decoder_stack(config)
         self.dec_b = decoder_stack(config)
-        self.gfu = GatedFusionUnit(config)
+        self.gfu = KeepingGatedFusionUnit(config) if config.gfu == "keep" else GatedFusionUnit(config)
 
     def forward(self, state: Tensor, state_mask: Tensor, p: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         state_pad, pad = ~state_mask, ~attendable(mask)
@@ -227,7 +262,7 @@ class FusionBlock(nn.Module):
         s = masked_mean(s, state_mask)  # (B, d); a no-op for the one-token context
         m = self.dec_b(p, state, tgt_key_padding_mask=pad, memory_key_padding_mask=state_pad)  # (5)
         m = masked_mean(m, mask)  # (5) (B, d)
-        return self.gfu(s, m)  # (6)-(8)
+        return self.gfu(masked_mean(state, state_mask), s, m)  # (6)-(8)
 
 
 class SharedFusion(nn.Module):
@@ -257,18 +292,34 @@ class PerModalityFusion(nn.Module):
         return self.blocks[modality](state, state_mask, p, mask)
 
 
+# A start turns the first projected modality p (B, T, d) with its mask into the first context;
+# `fuse(context, p, mask) -> context` is the fusion step (4)-(8), for the start that needs it.
+FuseFn = Callable[[Tensor, Tensor, Tensor], Tensor]
+
+
 class PooledStart(nn.Module):
     """(3): the context starts as the masked mean of the first modality, one token."""
 
-    def forward(self, p: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, p: Tensor, mask: Tensor, fuse: FuseFn) -> Tensor:
         return masked_mean(p, mask)  # (3) (B, d)
 
 
 class SequenceStart(nn.Module):
     """The released code: the whole first-modality sequence is the first state."""
 
-    def forward(self, p: Tensor, mask: Tensor) -> Tensor:
+    def forward(self, p: Tensor, mask: Tensor, fuse: FuseFn) -> Tensor:
         return p  # (B, T, d); its mask travels with it as `context_mask`
+
+
+class LearnedStart(nn.Module):
+    """(3'): a learned context h_0; the first modality is fused into it like every later one."""
+
+    def __init__(self, config: GRFConfig):
+        super().__init__()
+        self.h0 = nn.Parameter(0.02 * torch.randn(config.d_model))
+
+    def forward(self, p: Tensor, mask: Tensor, fuse: FuseFn) -> Tensor:
+        return fuse(self.h0.expand(p.shape[0], -1), p, mask)  # (3') then (4)-(8) (B, d)
 
 
 class Head(nn.Module):
@@ -298,7 +349,10 @@ class GRF(nn.Module):
         super().__init__()
         self.config = config
         self.encoders = nn.ModuleDict({m: ModalityEncoder(d, config) for m, d in config.modalities.items()})
-        self.start = PooledStart() if config.init == "pooled" else SequenceStart()
+        if config.init == "learned":
+            self.start = LearnedStart(config)
+        else:
+            self.start = PooledStart() if config.init == "pooled" else SequenceStart()
         self.fusion = SharedFusion(config) if config.share_block else PerModalityFusion(config)
         self.head = Head(config)
         self.aux_head = Head(config) if config.aux_head else None
@@ -314,7 +368,10 @@ class GRF(nn.Module):
 
     def init_context(self, x: Tensor, mask: Tensor | None, modality: str) -> Tensor:
         """(1)-(3): the first modality becomes the context, (B, d) (or (B, T, d) in sequence mode)."""
-        return self.start(self.encode(x, modality), self._mask(x, mask))
+        def fuse(context: Tensor, p: Tensor, mask: Tensor) -> Tensor:
+            return self._fuse_encoded(context, None, p, mask, modality)[0]
+
+        return self.start(self.encode(x, modality), self._mask(x, mask), fuse)
 
     def fuse_step(
         self, context: Tensor, x: Tensor, mask: Tensor | None, modality: str, context_mask: Tensor | None = None
@@ -323,12 +380,7 @@ class GRF(nn.Module):
 
         A sample whose window has no real step keeps its context, and its gate is 0.
         """
-        mask = self._mask(x, mask)
-        state, state_mask = self._state_tokens(context, context_mask)
-        h, z = self.fusion(state, state_mask, self.encode(x, modality), mask, modality)
-        has_data = mask.any(dim=1, keepdim=True)  # (B, 1)
-        previous = masked_mean(state, state_mask)  # (B, d)
-        return torch.where(has_data, h, previous), torch.where(has_data, z, torch.zeros_like(z))
+        return self._fuse_encoded(context, context_mask, self.encode(x, modality), self._mask(x, mask), modality)
 
     def predict(self, context: Tensor, context_mask: Tensor | None = None) -> Tensor:
         """(9): the sentiment read from a context, (B,)."""
@@ -372,6 +424,16 @@ class GRF(nn.Module):
         return GRFOutput(step_predictions[:, -1], step_predictions, contexts, gates, aux)
 
     # -- checks and plumbing -----------------------------------------------------------------
+
+    def _fuse_encoded(
+        self, context: Tensor, context_mask: Tensor | None, p: Tensor, mask: Tensor, modality: str
+    ) -> tuple[Tensor, Tensor]:
+        """(4)-(8) on an encoded window p (B, T, d); a sample with no real step keeps its context."""
+        state, state_mask = self._state_tokens(context, context_mask)
+        h, z = self.fusion(state, state_mask, p, mask, modality)
+        has_data = mask.any(dim=1, keepdim=True)  # (B, 1)
+        previous = masked_mean(state, state_mask)  # (B, d)
+        return torch.where(has_data, h, previous), torch.where(has_data, z, torch.zeros_like(z))
 
     def _steps(self, features: dict[str, Tensor], order: list[str] | None) -> list[str]:
         order = list(order) if order is not None else self.config.order

@@ -60,6 +60,7 @@ def stream(model: GRF, features, masks, order):
 
 
 RELEASED = dict(share_block=False, init="sequence", modality_embedding=False, aux_head=True)
+LIVE = dict(init="learned", gfu="keep")  # the variant for long streams
 
 
 # -- the released code's size ----------------------------------------------------------------
@@ -102,7 +103,7 @@ def test_any_number_of_modalities_with_their_own_sizes_and_lengths(n):
 # -- masking -----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("variant", [{}, RELEASED], ids=["grf", "released"])
+@pytest.mark.parametrize("variant", [{}, RELEASED, LIVE], ids=["grf", "released", "live"])
 def test_padding_further_never_changes_any_output(variant):
     model = make_model(**variant)
     features, masks = make_inputs()
@@ -155,9 +156,10 @@ def test_masks_default_to_all_real():
 # -- streaming equals the whole pass -----------------------------------------------------------
 
 
+@pytest.mark.parametrize("variant", [{}, LIVE], ids=["grf", "live"])
 @pytest.mark.parametrize("order", [["text", "audio", "vision"], ["vision", "text", "audio"]])
-def test_streaming_one_step_at_a_time_equals_forward(order):
-    model = make_model()
+def test_streaming_one_step_at_a_time_equals_forward(order, variant):
+    model = make_model(**variant)
     features, masks = make_inputs()
     out = model(features, masks, order=order)
     predictions, gates, context = stream(model, features, masks, order)
@@ -211,10 +213,57 @@ def test_per_step_blocks_refuse_a_modality_outside_their_fixed_order():
         model(features, masks, order=["audio", "text", "vision"])
 
 
-def test_every_parameter_learns():
-    model = make_model(**RELEASED).train()
+# -- the live variant: a learned h_0 and a gate that can keep the context -------------------------
+
+
+def test_keep_gfu_with_the_gate_shut_returns_the_previous_context_bit_for_bit():
+    model = make_model(**LIVE)
+    features, masks = make_inputs()
+    context = model.init_context(features["text"], masks["text"], "text")
+    with torch.no_grad():
+        model.fusion.block.gfu.gate.weight.zero_()
+        model.fusion.block.gfu.gate.bias.fill_(-1e4)  # sigmoid(-1e4) is exactly 0 in float32
+    kept, gate = model.fuse_step(context, features["audio"], masks["audio"], "audio")
+    assert (gate == 0).all()
+    assert torch.equal(kept, context)
+
+
+def test_the_papers_gfu_with_the_gate_shut_still_rewrites_the_context():
+    """(8) carries s', the context after attending to the window: the reason for `gfu: keep`."""
+    model = make_model()
+    features, masks = make_inputs()
+    context = model.init_context(features["text"], masks["text"], "text")
+    with torch.no_grad():
+        model.fusion.block.gfu.gate.weight.zero_()
+        model.fusion.block.gfu.gate.bias.fill_(-1e4)
+    rewritten, _ = model.fuse_step(context, features["audio"], masks["audio"], "audio")
+    assert (rewritten - context).abs().max() > 0.1
+
+
+def test_learned_start_fuses_the_first_modality_into_h0_and_keeps_h0_without_data():
+    model = make_model(**LIVE)
+    features, masks = make_inputs()
+    masks["text"][2] = False  # sample 2's first window has no real row
+    context = model.init_context(features["text"], masks["text"], "text")
+    expected, _ = model.fuse_step(model.start.h0.expand(3, -1), features["text"], masks["text"], "text")
+    assert torch.equal(context, expected)
+    assert torch.equal(context[2], model.start.h0.detach())  # not a zero context: head(0) would be arbitrary
+    assert torch.isfinite(model.predict(context)).all()
+
+
+def test_learned_start_needs_the_shared_block():
+    with pytest.raises(ValueError, match="init=learned fuses the first modality with the block too"):
+        GRFConfig(init="learned", share_block=False)
+    with pytest.raises(ValueError, match="gfu='paper' is not one of"):
+        GRFConfig(gfu="paper")
+
+
+@pytest.mark.parametrize("variant", [RELEASED, LIVE], ids=["released", "live"])
+def test_every_parameter_learns(variant):
+    model = make_model(**variant).train()
     out = model(*make_inputs())
-    (out.prediction.sum() + out.aux_prediction.sum()).backward()
+    aux = out.aux_prediction.sum() if out.aux_prediction is not None else 0
+    (out.prediction.sum() + aux).backward()
     silent = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
     assert not silent
 
