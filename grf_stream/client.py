@@ -73,6 +73,12 @@ def read_transcript(path: Path) -> list[dict]:
     return rows
 
 
+def no_words_yet(modalities: list[str]) -> str:
+    """A note on a prediction made before the session's first phrase: the default model reads
+    sentiment from words, so until then it shows its prior, not what it heard or saw."""
+    return "" if "text" in modalities else "  (no words yet)"
+
+
 class Client:
     def __init__(self, address: str, session: str, as_json: bool, curve: tuple[Path, Path] | None = None):
         self.context = zmq.asyncio.Context()
@@ -103,7 +109,7 @@ class Client:
         elif isinstance(reply, p.Prediction):
             print(f"{reply.session} seg {reply.segment} step {reply.step:>2} {reply.modality:<6} "
                   f"[{'+'.join(reply.modalities)}] sentiment {reply.value:+.3f} gate {reply.gate:.3f} "
-                  f"({reply.latency_ms:.1f} ms)", flush=True)
+                  f"({reply.latency_ms:.1f} ms){no_words_yet(reply.modalities)}", flush=True)
         elif isinstance(reply, p.Error):
             print(f"error {reply.code} (seq {reply.seq}): {reply.message}", file=sys.stderr, flush=True)
         elif isinstance(reply, p.Closed):

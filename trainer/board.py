@@ -19,7 +19,8 @@ class TrainingBoard:
         self.writer = SummaryWriter(str(log_dir), purge_step=start_epoch or None)
 
     def epoch(self, epoch: int, train_loss: float, lr: float, samples_per_s: float,
-              train_metrics: dict[str, float], evaluations: dict[str, Evaluation]) -> None:
+              train_metrics: dict[str, float], evaluations: dict[str, Evaluation],
+              live: dict[str, float] | None = None) -> None:
         self.writer.add_scalar("loss/train", train_loss, epoch)
         self.writer.add_scalar("lr", lr, epoch)
         self.writer.add_scalar("throughput/train_samples_per_s", samples_per_s, epoch)
@@ -27,6 +28,8 @@ class TrainingBoard:
         for split, values in metrics.items():
             for name, value in values.items():
                 self.writer.add_scalar(f"{name}/{split}", value, epoch)
+        for name, value in (live or {}).items():  # the live replay of the validation videos
+            self.writer.add_scalar(f"live_{name}/valid", value, epoch)
         self.gates(epoch, evaluations["valid"])
         self.writer.flush()
 

@@ -8,6 +8,7 @@ from grf_stream.data import DataConfig
 from grf_stream.model import GRFConfig
 
 ORDER_MODES = ("fixed", "random")
+SELECT_MODES = ("utterance", "live")
 
 
 @dataclass
@@ -32,6 +33,45 @@ class OptimConfig:
 
 
 @dataclass
+class StreamConfig:
+    """Training on live streams (grf_stream/data/streams.py): stretches of consecutive utterances of a
+    video at their own times, audio and video windows of the distractor media all along, one context
+    per stream, every step after the first phrase scored against the latest phrase's label."""
+
+    batches: float = 0.0
+    """Stream batches per utterance batch in an epoch; 0 = no streams."""
+    max_utterances: int = 4
+    """A stream has 1 to this many consecutive utterances (one count per batch)."""
+    window_s: float = 1.0
+    """Audio and video window, as a session's window_s."""
+    lead_s: list[float] = field(default_factory=lambda: [0.0, 4.0])
+    """Windows before the first utterance starts: seconds, drawn uniformly in [low, high]."""
+    tail_s: list[float] = field(default_factory=lambda: [0.0, 4.0])
+    """Windows after the last phrase: seconds, drawn uniformly in [low, high]."""
+    max_interval_s: float = 6.0
+    """A longer time from the start to the first phrase, or from one phrase to the next, is shortened to
+    this (a batch pays for its longest stream)."""
+    batch_size: int = 16
+    """Streams per stream batch."""
+    text_weight: float = 2.0
+    """Loss weight of a phrase step; every other scored step weighs 1."""
+    stability: float = 0.0
+    """Weight of the mean |change of prediction| over steps without text after the first phrase."""
+
+    def __post_init__(self) -> None:
+        if self.batches < 0 or self.max_utterances < 1 or self.window_s <= 0 or self.max_interval_s <= 0:
+            raise ValueError("train.streams: batches >= 0, max_utterances >= 1, window_s > 0 and max_interval_s > 0")
+        if self.batch_size < 1:
+            raise ValueError(f"train.streams.batch_size={self.batch_size} must be positive")
+        for name in ("lead_s", "tail_s"):
+            low_high = getattr(self, name)
+            if len(low_high) != 2 or not 0 <= low_high[0] <= low_high[1]:
+                raise ValueError(f"train.streams.{name}={low_high} must be [low, high] with 0 <= low <= high")
+        if self.text_weight <= 0 or self.stability < 0:
+            raise ValueError("train.streams: text_weight > 0 and stability >= 0")
+
+
+@dataclass
 class RegimeConfig:
     """How long to train and what each batch asks of the model."""
 
@@ -51,6 +91,11 @@ class RegimeConfig:
     """Cut a modality into windows of this many steps, fused as separate steps in time order."""
     window_p: float = 1.0
     """Chance a batch is cut into window_steps; otherwise each modality is one step (both policies)."""
+    streams: StreamConfig = field(default_factory=StreamConfig)
+    """Live-stream batches mixed with the utterance batches."""
+    select: str = "utterance"
+    """Best checkpoint by: 'utterance' validation MAE, or 'live': the mean of it and the live replay's
+    phrase and held MAE on the validation videos (needs streams' data)."""
     stop_after: int = 0
     """End this invocation after this many epochs, resumable with --resume (time-boxed jobs); 0 = off."""
 
@@ -61,6 +106,8 @@ class RegimeConfig:
             raise ValueError(f"train.modality_dropout={self.modality_dropout} must be in [0, 1)")
         if self.epochs <= 0 or self.patience <= 0:
             raise ValueError("train.epochs and train.patience must be positive")
+        if self.select not in SELECT_MODES:
+            raise ValueError(f"train.select={self.select!r} is not one of {SELECT_MODES}")
         if not 0 <= self.window_p <= 1:
             raise ValueError(f"train.window_p={self.window_p} must be in [0, 1]")
         for m, steps in self.window_steps.items():
@@ -99,3 +146,7 @@ class TrainConfig:
             raise ValueError(f"train.window_steps names {sorted(unknown)}, not modalities of the model")
         if self.train.aux_weight and not self.model.aux_head:
             raise ValueError("train.aux_weight needs model.aux_head=true")
+        live = self.train.streams.batches > 0 or self.train.select == "live"
+        if live and (self.data.format != "store" or not self.data.distractors.media):
+            raise ValueError("train.streams and train.select=live need a timed feature store (data.format=store) "
+                             "and recordings for the windows (data.distractors.media)")

@@ -5,13 +5,15 @@ from __future__ import annotations
 import math
 import random
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 from grf_stream.data import Batch
+from grf_stream.data.streams import MediaTrack, StreamBatch, Stretch, Utterance, collate_streams, stretch_stream
 from grf_stream.model import GRFOutput
-from trainer.config import OptimConfig, RegimeConfig
+from trainer.config import OptimConfig, RegimeConfig, StreamConfig
 
 Step = tuple[str, Tensor, Tensor]  # (modality, features (B, T, d), mask (B, T))
 
@@ -73,6 +75,34 @@ def loss(output: GRFOutput, labels: Tensor, regime: RegimeConfig) -> Tensor:
         total = total + regime.deep_supervision * F.l1_loss(earlier, labels[:, None].expand_as(earlier))
     if regime.aux_weight and output.aux_prediction is not None:
         total = total + regime.aux_weight * F.l1_loss(output.aux_prediction, labels)
+    return total
+
+
+def stream_batch(videos: dict[str, list[Utterance]], track: MediaTrack, config: StreamConfig,
+                 rng: np.random.Generator) -> StreamBatch:
+    """config.batch_size training streams of the same number of consecutive utterances, from videos drawn by
+    how many utterances they have, each cut at a random place with random lead, tail and media."""
+    count = int(rng.integers(1, config.max_utterances + 1))
+    eligible = [(video, utterances) for video, utterances in videos.items() if len(utterances) >= count]
+    weights = np.array([len(u) - count + 1 for _, u in eligible], float)
+    streams = []
+    for _ in range(config.batch_size):
+        video, utterances = eligible[rng.choice(len(eligible), p=weights / weights.sum())]
+        first = int(rng.integers(len(utterances) - count + 1))
+        stretch = Stretch(count, rng.uniform(*config.lead_s), rng.uniform(*config.tail_s), config.max_interval_s)
+        streams.append(stretch_stream(video, utterances, first, stretch, track, config.window_s, rng))
+    return collate_streams(streams, config.text_weight)
+
+
+def stream_loss(output: GRFOutput, batch: StreamBatch, config: StreamConfig) -> Tensor:
+    """Weighted L1 of every scored step against the latest phrase's label, plus the stability term:
+    the mean |change of prediction| over the scored steps that carry no text."""
+    y, weights = output.step_predictions, batch.weights  # (B, S)
+    total = (weights * (y - batch.targets).abs()).sum() / weights.sum().clamp(min=1.0)
+    if config.stability:
+        quiet = ((weights[:, 1:] > 0) & ~batch.text[:, 1:]).float()  # (B, S-1)
+        moved = (y[:, 1:] - y[:, :-1]).abs()
+        total = total + config.stability * (quiet * moved).sum() / quiet.sum().clamp(min=1.0)
     return total
 
 

@@ -28,14 +28,17 @@ from torch.utils.data import DataLoader, DistributedSampler
 
 from grf_stream.checkpoint import load_model, read_checkpoint, save_checkpoint
 from grf_stream.config import from_dict, load_config, to_dict
-from grf_stream.data import (Distractors, Sample, SentimentDataset, check_sizes, collate, evaluation_form, feature_spec,
-                             load_distractors, load_split, pair_split)
+from grf_stream.data import (Distractors, FeatureStore, Sample, SentimentDataset, check_sizes, collate, evaluation_form,
+                             feature_spec, load_distractors, load_split, pair_split)
+from grf_stream.data.streams import MediaTrack, StreamBatch, videos, whole_video
 from grf_stream.metrics import sentiment_metrics
 from grf_stream.model import GRF
 from trainer.board import TrainingBoard
 from trainer.config import TrainConfig
 from trainer.evaluate import Evaluation, evaluate_model
-from trainer.steps import batch_order, batch_windows, fusion_steps, hide_modalities, learning_rate, loss
+from trainer.live_report import live_metrics, replay
+from trainer.steps import (batch_order, batch_windows, fusion_steps, hide_modalities, learning_rate, loss, stream_batch,
+                           stream_loss)
 
 SPLITS = ("train", "valid", "test")
 
@@ -56,7 +59,7 @@ class Progress:
     """Where a run stands; saved in last.pt so --resume continues exactly."""
 
     epoch: int = 0  # the next epoch to run
-    best_mae: float = float("inf")
+    best_mae: float = float("inf")  # the best selection score (validation MAE unless train.select=live)
     bad_epochs: int = 0
 
 
@@ -76,12 +79,25 @@ class RunData:
         self.evaluated = {split: evaluation_form(s, self.distractors) for split, s in self.stored.items()}
         for split, samples in self.evaluated.items():
             check_sizes(samples, self.config.model.modalities, f"{self.config.data.path or self.config.data.format} [{split}]")
+        live = self.config.train.streams.batches > 0 or self.config.train.select == "live"
+        self.track = MediaTrack(self.distractors) if live else None
+        self.videos = {split: videos(FeatureStore.open(self.config.data.path), self.stored[split])
+                       for split in ("train", "valid")} if live else {}
+        self.live_valid = [whole_video(v, u, self.track, self.config.train.streams.window_s)
+                           for v, u in self.videos.get("valid", {}).items()]
 
     def train(self, epoch: int) -> list[Sample]:
         """The training split of one epoch: new distractor windows every epoch, the same on resume."""
         if self.distractors is None:
             return self.stored["train"]
         return pair_split(self.stored["train"], self.distractors, self.config.data.distractors.p, self.config.train.seed, epoch)
+
+    def stream_batches(self, epoch: int, rank: int, utterance_batches: int) -> list[StreamBatch]:
+        """This worker's stream batches of one epoch; they depend only on (seed, epoch, rank)."""
+        streams = self.config.train.streams
+        rng = np.random.default_rng([self.config.train.seed, epoch, rank, 1])
+        count = round(streams.batches * utterance_batches)
+        return [stream_batch(self.videos["train"], self.track, streams, rng) for _ in range(count)]
 
 
 def load_data(config: TrainConfig) -> RunData:
@@ -104,28 +120,39 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 7_919 + epoch * 31 + rank)
 
 
-def train_epoch(module, model, loader, optimizer, config: TrainConfig, epoch: int, rank: int, device):
-    """One pass over this worker's shard; (mean loss, metrics of the training predictions)."""
+def train_epoch(module, model, loader, streams: list[StreamBatch], optimizer, config: TrainConfig, epoch: int,
+                rank: int, device):
+    """One pass over this worker's shard, its stream batches spread evenly between the utterance
+    batches; (mean loss, metrics of the training predictions of the utterance batches)."""
     regime, generator = config.train, seed_epoch(config.train.seed, epoch, rank)
     loader.sampler.set_epoch(epoch)
     module.train()
     losses, predictions, labels = [], [], []
+    next_stream = 0
     for index, batch in enumerate(loader):
         batch = batch.to(device)
         if regime.modality_dropout:
             batch.masks = hide_modalities(batch.masks, regime.modality_dropout, generator)
         order = batch_order(config.model.order, regime, regime.seed, epoch, index)
         out = module(fusion_steps(batch, order, batch_windows(regime, regime.seed, epoch, index)))
-        batch_loss = loss(out, batch.labels, regime)
-        optimizer.zero_grad(set_to_none=True)
-        batch_loss.backward()
-        if config.optim.grad_clip:
-            nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
-        optimizer.step()
-        losses.append(batch_loss.item())
+        losses.append(optimise(loss(out, batch.labels, regime), model, optimizer, config))
         predictions.append(out.prediction.detach().cpu())
         labels.append(batch.labels.cpu())
+        while next_stream < (index + 1) * len(streams) // len(loader):  # all of them by the last batch
+            stream = streams[next_stream].to(device)
+            losses.append(optimise(stream_loss(module(stream.steps), stream, regime.streams), model, optimizer, config))
+            next_stream += 1
     return float(np.mean(losses)), sentiment_metrics(torch.cat(predictions), torch.cat(labels))
+
+
+def optimise(batch_loss: torch.Tensor, model: GRF, optimizer, config: TrainConfig) -> float:
+    """One optimiser step on a batch's loss; the loss as a number."""
+    optimizer.zero_grad(set_to_none=True)
+    batch_loss.backward()
+    if config.optim.grad_clip:
+        nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
+    optimizer.step()
+    return batch_loss.item()
 
 
 def restore(path: str | None, model: GRF, optimizer) -> Progress:
@@ -167,20 +194,20 @@ def train_func(loop_config: dict) -> None:
         for group in optimizer.param_groups:
             group["lr"] = lr
         sampler.dataset.samples = data.train(epoch)
-        train_loss, train_metrics = train_epoch(module, model, loader, optimizer, config, epoch, rank, device)
+        streams = data.stream_batches(epoch, rank, len(loader))
+        train_loss, train_metrics = train_epoch(module, model, loader, streams, optimizer, config, epoch, rank, device)
         samples_per_s = len(sampler.dataset) / (time.perf_counter() - started)  # all workers together
         evaluations = {split: evaluate(model, data.evaluated[split], config, device) for split in ("valid", "test")}
-        improved = evaluations["valid"].metrics["mae"] < progress.best_mae
-        progress = Progress(
-            epoch + 1,
-            min(progress.best_mae, evaluations["valid"].metrics["mae"]),
-            0 if improved else progress.bad_epochs + 1,
-        )
-        report = {"epoch": epoch, "train_loss": train_loss, "train_samples_per_s": samples_per_s,
-                  **{f"{s}_{k}": v for s, e in evaluations.items() for k, v in e.metrics.items()}}
+        live = live_metrics(data.live_valid, replay(model, data.live_valid, device)) if data.live_valid else {}
+        score = selection_score(evaluations["valid"].metrics, live, config)
+        improved = score < progress.best_mae
+        progress = Progress(epoch + 1, min(progress.best_mae, score), 0 if improved else progress.bad_epochs + 1)
+        report = {"epoch": epoch, "train_loss": train_loss, "train_samples_per_s": samples_per_s, "score": score,
+                  **{f"{s}_{k}": v for s, e in evaluations.items() for k, v in e.metrics.items()},
+                  **{f"valid_live_{k}": v for k, v in live.items()}}
         checkpoint = None
         if rank == 0:
-            record = EpochRecord(epoch, lr, train_loss, train_metrics, samples_per_s, evaluations, improved)
+            record = EpochRecord(epoch, lr, train_loss, train_metrics, samples_per_s, evaluations, improved, live)
             checkpoint = save_and_log(record, model, optimizer, progress, spec, config, board)
             print_epoch(record, config, time.perf_counter() - started)
         ray.train.report(report, checkpoint=checkpoint)
@@ -189,6 +216,14 @@ def train_func(loop_config: dict) -> None:
             break
     if rank == 0:
         finish(config, run_dir(config), board, data, device)
+
+
+def selection_score(valid: dict[str, float], live: dict[str, float], config: TrainConfig) -> float:
+    """What the best checkpoint minimises: validation MAE, or with select=live its mean with the
+    live replay's phrase and held MAE on the validation videos."""
+    if config.train.select == "live":
+        return float(np.mean([valid["mae"], live["phrase_mae"], live["held_mae"]]))
+    return valid["mae"]
 
 
 @dataclass
@@ -202,19 +237,21 @@ class EpochRecord:
     samples_per_s: float
     evaluations: dict[str, Evaluation]
     improved: bool
+    live: dict[str, float]  # the live replay of the validation videos; empty without streams
 
 
 def save_and_log(record: EpochRecord, model, optimizer, progress: Progress, spec, config: TrainConfig,
                  board: TrainingBoard) -> ray.train.Checkpoint:
     """best.pt when validation improved, last.pt always, TensorBoard; the checkpoint for Ray."""
     folder, run_config = run_dir(config) / "checkpoints", to_dict(config)
-    metrics = {"epoch": record.epoch, "train_loss": record.train_loss, **record.evaluations["valid"].metrics}
+    metrics = {"epoch": record.epoch, "train_loss": record.train_loss, **record.evaluations["valid"].metrics,
+               **{f"live_{k}": v for k, v in record.live.items()}}
     if record.improved:
         save_checkpoint(folder / "best.pt", model, spec, run_config, metrics)
     training_state = {"optimizer": optimizer.state_dict(), "progress": vars(progress)}
     save_checkpoint(folder / "last.pt", model, spec, run_config, metrics, training_state)
     board.epoch(record.epoch, record.train_loss, record.lr, record.samples_per_s, record.train_metrics,
-                record.evaluations)
+                record.evaluations, record.live)
     # Ray keeps a copy in its run storage (shared storage on a cluster) and hands it to fit()'s result.
     return ray.train.Checkpoint.from_directory(str(folder))
 
@@ -225,10 +262,12 @@ def evaluate(model: GRF, samples: list[Sample], config: TrainConfig, device) -> 
 
 
 def print_epoch(record: EpochRecord, config: TrainConfig, seconds: float) -> None:
-    valid, test = record.evaluations["valid"].metrics, record.evaluations["test"].metrics
+    valid, test, live = record.evaluations["valid"].metrics, record.evaluations["test"].metrics, record.live
+    live_text = (f"valid live phrase {live['phrase_mae']:.4f} held {live['held_mae']:.4f} "
+                 f"jitter {live['jitter']:.3f}  " if live else "")
     print(
         f"epoch {record.epoch + 1:>3}/{config.train.epochs}  loss {record.train_loss:.4f}  "
-        f"valid mae {valid['mae']:.4f} corr {valid['corr']:.3f} acc2 {valid['acc2_non0']:.3f}  "
+        f"valid mae {valid['mae']:.4f} corr {valid['corr']:.3f} acc2 {valid['acc2_non0']:.3f}  {live_text}"
         f"test mae {test['mae']:.4f}  lr {record.lr:.1e}  {record.samples_per_s:.1f} samples/s  "
         f"{seconds:.1f}s{'  *best' if record.improved else ''}",
         flush=True,
@@ -246,6 +285,8 @@ def finish(config: TrainConfig, out_dir: Path, board: TrainingBoard, data: RunDa
     board.contexts(payload["metrics"].get("epoch", 0), results["test"])
     board.close()
     summary = {split: r.metrics for split, r in results.items()}
+    if data.live_valid:
+        summary["valid_live"] = live_metrics(data.live_valid, replay(model, data.live_valid, device))
     (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2) + "\n")
 
 

@@ -56,7 +56,8 @@ class LabelRow:
 
     def index_row(self) -> dict:
         """The row of the store's samples.csv."""
-        return {"id": self.id, "split": self.split, "label": self.label, "video_id": self.video_id, "clip_id": self.clip_id, "text": self.text}
+        return {"id": self.id, "split": self.split, "label": self.label, "video_id": self.video_id, "clip_id": self.clip_id,
+                "text": self.text, "start": _blank(self.start), "end": _blank(self.end)}
 
 
 def read_labels(path: str | Path) -> list[LabelRow]:
@@ -82,6 +83,10 @@ def _label_row(row: dict, where: str) -> LabelRow:
         id=row.get("id") or f"{video_id}_{clip_id}", split=SPLIT_NAMES[split_name], label=label, text=(row.get("text") or "").strip(),
         video_id=video_id, clip_id=clip_id, start=_seconds(row.get("start")), end=_seconds(row.get("end")),
     )
+
+
+def _blank(seconds: float | None) -> float | str:
+    return "" if seconds is None else seconds
 
 
 def _seconds(value: str | None) -> float | None:

@@ -206,3 +206,77 @@ def test_a_jpeg_that_does_not_decode_gets_an_error_and_the_session_goes_on(serve
         sock.close()
     assert [type(r) for r in replies] == [p.Welcome, p.Error, p.Prediction], replies
     assert replies[1].code == p.BAD_JPEG and replies[1].seq == 1 and "JPEG" in replies[1].message
+
+
+LIVE_VIDEOS = ("iiK8YX8oH1E", "dq3Nf_lMPnE")  # the two shortest test videos: 77 s and 91 s
+
+
+def timed_text_store(root: Path, video_ids) -> Path:
+    """A feature store of these videos' transcripts with their times, written as
+    `python -m grf_stream.extract --modalities text` writes it (the same extractor, no Ray)."""
+    from grf_stream.data import FeatureStore
+    from grf_stream.features.offline import MediaIndex, SampleExtractor, plan, read_labels
+
+    rows = [row for row in read_labels(LABELS) if row.video_id in video_ids]
+    jobs, skipped = plan(rows, MediaIndex(None), ["text"])
+    assert not skipped
+    extractor = SampleExtractor(["text"])
+    store = FeatureStore.create(root, extractor.spec)
+    for job in jobs:
+        store.write_features(job.id, extractor(job))
+    store.write_index([row.index_row() for row in rows])
+    return root
+
+
+def stream_as_features(server, streams, timeout_s=120):
+    """Each stream as one session of `features` messages with the client's default settings; the
+    prediction after every step, per stream."""
+    import zmq
+
+    from grf_stream import protocol as p
+
+    predictions = {s.name: [] for s in streams}
+    with zmq.Context() as context:
+        sockets = {}
+        for stream in streams:
+            sock = sockets[stream.name] = context.socket(zmq.DEALER)
+            sock.linger = 0
+            sock.connect(server)
+            sock.send(p.encode(p.Hello(stream.name, 0, 0.0, ["text", "audio", "video"], "window")))
+            for seq, step in enumerate(stream.steps, start=1):
+                sock.send(p.encode(p.Features(stream.name, seq, step.at, step.modality, step.features, step.mask)))
+            sock.send(p.encode(p.Bye(stream.name, len(stream.steps) + 1, stream.seconds)))
+        poller = zmq.Poller()
+        for sock in sockets.values():
+            poller.register(sock, zmq.POLLIN)
+        open_sessions, deadline = set(sockets), time.time() + timeout_s
+        while open_sessions and time.time() < deadline:
+            for sock, _ in poller.poll(1000):
+                reply = p.decode_reply(sock.recv())
+                assert not isinstance(reply, p.Error), reply
+                if isinstance(reply, p.Prediction):
+                    predictions[reply.session].append(reply.value)
+                elif isinstance(reply, p.Closed):
+                    open_sessions.discard(reply.session)
+        for sock in sockets.values():
+            sock.close()
+    assert not open_sessions, f"no closed reply from {open_sessions} in {timeout_s} s"
+    return predictions
+
+
+@needs_media
+def test_two_test_videos_streamed_as_features_get_the_live_reports_predictions(server, tmp_path):
+    import numpy as np
+
+    from grf_stream.checkpoint import load_model
+    from grf_stream.default_model import SHIPPED
+    from trainer.live_report import live_streams, replay
+
+    store = timed_text_store(tmp_path / "store", LIVE_VIDEOS)
+    streams = live_streams(store, "test", MEDIA.parent)
+    assert sorted(s.name for s in streams) == sorted(LIVE_VIDEOS)
+    expected = replay(load_model(SHIPPED)[0], streams)
+    served = stream_as_features(server, streams)
+    for stream, values in zip(streams, expected):
+        assert len(served[stream.name]) == len(stream.steps) > 100
+        np.testing.assert_allclose(served[stream.name], values, atol=1e-4, rtol=0)

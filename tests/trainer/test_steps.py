@@ -8,8 +8,9 @@ import torch
 from grf_stream.data import collate
 from grf_stream.data.synthetic import SyntheticConfig, generate
 from grf_stream.model import GRFOutput
-from trainer.config import OptimConfig, RegimeConfig
-from trainer.steps import batch_order, batch_windows, fusion_steps, hide_modalities, learning_rate, loss
+from grf_stream.data.streams import StreamBatch
+from trainer.config import OptimConfig, RegimeConfig, StreamConfig
+from trainer.steps import batch_order, batch_windows, fusion_steps, hide_modalities, learning_rate, loss, stream_loss
 
 
 def batch(lengths={"text": 4, "audio": 12}):
@@ -91,3 +92,14 @@ def test_learning_rate_warms_up_then_follows_a_cosine():
     middle = 5 + 95 / 2
     assert learning_rate(int(middle), optim, 100) == pytest.approx(1e-6 + (1e-3 - 1e-6) * 0.5 * (1 + math.cos(math.pi * 47 / 95)))
     assert learning_rate(100, optim, 100) == pytest.approx(1e-6)
+
+
+def test_stream_loss_scores_the_latest_phrase_and_the_stability_term_counts_quiet_steps_only():
+    y = torch.tensor([[0.0, 1.0, 1.5, 3.0, 2.0]])  # steps: audio, text, video, text, audio
+    batch = StreamBatch([], torch.tensor([[0.0, 2.0, 2.0, 2.5, 2.5]]), torch.tensor([[0.0, 2.0, 1.0, 2.0, 1.0]]),
+                        torch.tensor([[False, True, False, True, False]]), [[0, 1, 2, 3, 4]])
+    out = GRFOutput(y[:, -1], y, torch.zeros(1, 5, 4), torch.zeros(1, 4, 4))
+    l1 = (2 * 1.0 + 0.5 + 2 * 0.5 + 0.5) / 6  # weighted, nothing before the first phrase
+    assert stream_loss(out, batch, StreamConfig()).item() == pytest.approx(l1)
+    moved = (0.5 + 1.0) / 2  # the video and last audio steps; not the phrases, not the step before any
+    assert stream_loss(out, batch, StreamConfig(stability=0.5)).item() == pytest.approx(l1 + 0.5 * moved)

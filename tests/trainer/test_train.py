@@ -98,7 +98,9 @@ def text_store(root: Path) -> Path:
     for i, split in enumerate(["train"] * 48 + ["valid"] * 16 + ["test"] * 16):
         features = rng.normal(size=(int(rng.integers(3, 9)), 384)).astype(np.float32)
         store.write_features(f"u{i}", {"text": features})
-        rows.append({"id": f"u{i}", "split": split, "label": float(np.clip(8 * features[:, :4].mean(), -3, 3))})
+        start = 1.5 + 3.0 * (i % 8)  # 8 utterances a video, 3 s apart, each 2 s long
+        rows.append({"id": f"u{i}", "split": split, "label": float(np.clip(8 * features[:, :4].mean(), -3, 3)),
+                     "video_id": f"video{i // 8}", "start": start, "end": start + 2.0})
     store.write_index(rows)
     return root
 
@@ -122,3 +124,28 @@ def test_text_labels_with_distractor_audio_and_video_train_a_model_the_server_ca
     assert "audio-video-text" in printed.split("[test],")[-1]  # the model's order, text alone present
     with pytest.raises(SystemExit, match="--media DIR"):
         evaluate.main([str(out / "checkpoints" / "best.pt"), "--media", str(tmp_path / "gone")])
+
+
+LIVE = ["model.init=learned", "model.gfu=keep", "train.streams.batches=0.5", "train.streams.stability=0.5",
+        "train.select=live"]
+
+
+@pytest.mark.skipif(not MEDIA.is_dir(), reason="needs ../shared/data/media (the windows of the live streams)")
+def test_live_streams_train_choose_by_the_live_replay_and_resume_exactly(tmp_path):
+    store = text_store(tmp_path / "store")
+    common = ["data.format=store", f"data.path={store}", f"data.distractors.media={MEDIA}",
+              "model.modalities={text: 384, audio: 26, video: 17}", "model.order=[audio, video, text]",
+              "model.feature_norm=true", "train.epochs=2", *LIVE]
+    whole = metrics(run(tmp_path, "live", *common, small=False))
+    run(tmp_path, "live-interrupted", *common, "train.stop_after=1", small=False)
+    resumed = metrics(run(tmp_path, "live-interrupted", *common, resume=True, small=False))
+    assert resumed == whole
+    assert {"phrase_mae", "held_mae", "jitter", "flips_per_10min"} <= set(whole["valid_live"])
+    best = torch.load(tmp_path / "live" / "checkpoints" / "best.pt", weights_only=False)
+    live = {k: best["metrics"][f"live_{k}"] for k in ("phrase_mae", "held_mae")}
+    assert best["run_config"]["train"]["select"] == "live" and all(v > 0 for v in live.values())
+
+
+def test_live_training_needs_a_timed_store_and_recordings(tmp_path):
+    with pytest.raises(ValueError, match="need a timed feature store"):
+        load_config(TrainConfig, TINY, ["train.streams.batches=1"])

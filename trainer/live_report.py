@@ -1,0 +1,166 @@
+"""The live report: a model measured as users run it, whole videos streamed through one context.
+
+    python -m trainer.live_report                          # the packaged model, test split
+    python -m trainer.live_report --checkpoint runs/mosi_live/checkpoints/best.pt --split valid
+    python -m trainer.live_report --media DIR --window-s 0.5 --json live.json
+
+Each video of the split is one stream (grf_stream/data/streams.py): its utterances at their CSV
+times, each phrase a text step when its utterance ends, and audio and video windows of real,
+unrelated recordings from --media every --window-s seconds from the video's start to its last
+phrase. The steps go through `FusionService`, the fusion engine the server runs, one session per
+video, with the session settings a client gets by default (window policy, window_s 1 s, one
+segment for the whole stream: the context carries across phrases). Rows:
+
+- phrase: the prediction right after each phrase, against that utterance's label;
+- held: every prediction made while a phrase is the latest one, against that phrase's label
+  (what a viewer sees between phrases);
+- jitter: the mean |change of prediction| over steps without text after the first phrase, and
+  the sign flips those steps cause per 10 minutes of stream;
+- references on the same replay: the packaged model (when another checkpoint is measured), a
+  ridge regression on the latest phrase (the floor), and the training mean.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from grf_stream.baselines.ridge import fit_on_validation, mean_pooled
+from grf_stream.checkpoint import load_model
+from grf_stream.data import DataConfig, DistractorConfig, FeatureStore, load_distractors, load_split
+from grf_stream.data.streams import TEXT, MediaTrack, Stream, videos, whole_video
+from grf_stream.default_model import SHIPPED
+from grf_stream.fusion import FusionService, StepRequest
+from grf_stream.metrics import sentiment_metrics
+from grf_stream.model import GRF
+
+WINDOW_S = 1.0  # the client's default --window-s
+COLUMNS = (("Phrase MAE", "phrase_mae"), ("Corr", "phrase_corr"), ("Acc-7", "phrase_acc7"),
+           ("Acc-2 non-0", "phrase_acc2_non0"), ("Held MAE", "held_mae"), ("Jitter", "jitter"),
+           ("Flips / 10 min", "flips_per_10min"))
+
+
+def live_streams(store: str | Path, split: str, media: str | Path, window_s: float = WINDOW_S) -> list[Stream]:
+    """Every video of a split of a timed feature store as one whole stream."""
+    data = DataConfig(format="store", path=str(store), distractors=DistractorConfig(media=str(media)))
+    track = MediaTrack(load_distractors(data))
+    by_video = videos(FeatureStore.open(store), load_split(data, split))
+    return [whole_video(video, utterances, track, window_s) for video, utterances in by_video.items()]
+
+
+@torch.no_grad()
+def replay(model: GRF, streams: list[Stream], device: str = "cpu") -> list[np.ndarray]:
+    """Every stream through one FusionService, one session each: the prediction after every step.
+
+    The sessions' steps go in together, round by round, as a busy server batches them.
+    """
+    was_training = model.training
+    service = FusionService(model, device, threads=torch.get_num_threads())
+    for stream in streams:
+        service.open(stream.name)
+    predictions: list[list[float]] = [[] for _ in streams]
+    for k in range(max(len(s.steps) for s in streams)):
+        live = [i for i, s in enumerate(streams) if k < len(s.steps)]
+        requests = [StepRequest(streams[i].name, k, *_step(streams[i], k)) for i in live]
+        for i, result in zip(live, service.step(requests)):
+            predictions[i].append(result.value)
+    model.train(was_training)
+    return [np.array(p, np.float32) for p in predictions]
+
+
+def _step(stream: Stream, k: int) -> tuple[str, np.ndarray, np.ndarray]:
+    step = stream.steps[k]
+    return step.modality, np.ascontiguousarray(step.features, np.float32), step.mask
+
+
+def live_metrics(streams: list[Stream], predictions: list[np.ndarray]) -> dict[str, float]:
+    """Phrase, held and jitter figures of per-step predictions (the rows of the module docstring)."""
+    phrase_p, phrase_y, held, moves, flips = [], [], [], [], 0
+    for stream, values in zip(streams, predictions):
+        phrase = np.array([s.phrase for s in stream.steps])
+        text = np.array([s.modality == TEXT for s in stream.steps])
+        phrase_p.append(values[text])
+        phrase_y.append(stream.labels[phrase[text]])
+        scored = phrase >= 0
+        held.append(np.abs(values[scored] - stream.labels[phrase[scored]]))
+        quiet = scored[1:] & ~text[1:]  # steps without text after the first phrase
+        moves.append(np.abs(np.diff(values))[quiet])
+        flips += int(np.sum(np.sign(values[1:]) != np.sign(values[:-1]), where=quiet))
+    phrase = sentiment_metrics(np.concatenate(phrase_p), np.concatenate(phrase_y))
+    minutes = sum(s.seconds for s in streams) / 60
+    return {**{f"phrase_{k}": v for k, v in phrase.items()}, "held_mae": float(np.concatenate(held).mean()),
+            "jitter": float(np.concatenate(moves).mean()), "flips_per_10min": 10 * flips / minutes}
+
+
+def latest_phrase(streams: list[Stream], phrase_values: list[np.ndarray], before: float) -> list[np.ndarray]:
+    """Per-step predictions of a model that reads only the latest phrase (`before` until the first)."""
+    out = []
+    for stream, values in zip(streams, phrase_values):
+        phrase = np.array([s.phrase for s in stream.steps])
+        out.append(np.where(phrase >= 0, values[np.maximum(phrase, 0)], before).astype(np.float32))
+    return out
+
+
+def reference_rows(streams: list[Stream], store: str, split: str) -> dict[str, dict[str, float]]:
+    """The ridge floor held after each phrase, and the training mean, on the same replay."""
+    data = DataConfig(format="store", path=store)
+    stored = {s: load_split(data, s) for s in ("train", "valid")}
+    ridge = fit_on_validation(*(mean_pooled(stored[s], TEXT) for s in ("train", "valid")))
+    by_id = {}
+    for stream in streams:
+        phrases = [s for s in stream.steps if s.modality == TEXT]
+        by_id[stream.name] = ridge.predict(np.stack([f.features[f.mask].mean(axis=0) for f in phrases]))
+    mean = float(np.mean([s.label for s in stored["train"]]))
+    ridge_values = latest_phrase(streams, [by_id[s.name] for s in streams], mean)
+    constant = [np.full(len(s.steps), mean, np.float32) for s in streams]
+    return {"Ridge on the latest phrase's mean-pooled text features (floor)": live_metrics(streams, ridge_values),
+            f"Training mean ({mean:+.3f})": live_metrics(streams, constant)}
+
+
+def markdown(rows: dict[str, dict[str, float]], caption: str) -> str:
+    lines = [f"| {caption} | " + " | ".join(name for name, _ in COLUMNS) + " |", "|---|" + "---:|" * len(COLUMNS)]
+    for name, metrics in rows.items():
+        lines.append(f"| {name} | " + " | ".join(_cell(metrics[key], key) for _, key in COLUMNS) + " |")
+    return "\n".join(lines)
+
+
+def _cell(value: float, key: str) -> str:
+    if key in ("phrase_acc7", "phrase_acc2_non0"):
+        return f"{100 * value:.1f}"
+    return f"{value:.2f}" if key == "flips_per_10min" else f"{value:.3f}"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", type=Path, default=SHIPPED, help=f"default: the packaged model ({SHIPPED.name})")
+    parser.add_argument("--store", default="runs/mosi_text", help="the CMU-MOSI text feature store (with start/end times)")
+    parser.add_argument("--media", default="../shared/data/media", help="recordings the audio and video windows come from")
+    parser.add_argument("--split", default="test", choices=("test", "valid"),
+                        help="valid: to choose between runs without looking at the test split")
+    parser.add_argument("--window-s", type=float, default=WINDOW_S, help="audio and video window (the session's window_s)")
+    parser.add_argument("--json", type=Path, help="also write every number here")
+    args = parser.parse_args(argv)
+
+    streams = live_streams(args.store, args.split, args.media, args.window_s)
+    models = {f"GRF {args.checkpoint.name}": args.checkpoint}
+    if args.checkpoint.resolve() != SHIPPED.resolve():
+        models["GRF packaged default.pt"] = SHIPPED
+    rows = {name: live_metrics(streams, replay(load_model(path)[0], streams)) for name, path in models.items()}
+    rows.update(reference_rows(streams, args.store, args.split))
+    phrases = sum(len(s.labels) for s in streams)
+    windows = sum(len(s.steps) for s in streams) - phrases
+    minutes = sum(s.seconds for s in streams) / 60
+    print(f"{args.checkpoint} live on {args.store} [{args.split}]: {len(streams)} videos, {minutes:.0f} min, "
+          f"{phrases} phrases, {windows} audio/video steps of {args.window_s:g} s from {args.media}\n")
+    print(markdown(rows, f"{args.split} split, live ({len(streams)} videos)"))
+    if args.json:
+        args.json.write_text(json.dumps({"rows": rows, "videos": len(streams), "minutes": minutes, "phrases": phrases,
+                                         "window_steps": windows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
