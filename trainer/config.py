@@ -45,12 +45,13 @@ class StreamConfig:
     window_s: float = 1.0
     """Audio and video window, as a session's window_s."""
     lead_s: list[float] = field(default_factory=lambda: [0.0, 4.0])
-    """Windows before the first utterance starts: seconds, drawn uniformly in [low, high]."""
+    """Windows before the first utterance starts: seconds, drawn uniformly in [low, high] per batch."""
     tail_s: list[float] = field(default_factory=lambda: [0.0, 4.0])
-    """Windows after the last phrase: seconds, drawn uniformly in [low, high]."""
+    """Windows after the last phrase: seconds, drawn uniformly in [low, high] per batch. A live
+    phrase can stay the latest for a minute; a model that never saw such tails drifts in them."""
     max_interval_s: float = 6.0
-    """A longer time from the start to the first phrase, or from one phrase to the next, is shortened to
-    this (a batch pays for its longest stream)."""
+    """A longer time from one phrase to the next is shortened to this (a batch pays for its longest
+    stream; lead and tail train the long waits)."""
     batch_size: int = 16
     """Streams per stream batch."""
     text_weight: float = 2.0

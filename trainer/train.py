@@ -90,7 +90,9 @@ class RunData:
         """The training split of one epoch: new distractor windows every epoch, the same on resume."""
         if self.distractors is None:
             return self.stored["train"]
-        return pair_split(self.stored["train"], self.distractors, self.config.data.distractors.p, self.config.train.seed, epoch)
+        distractors = self.config.data.distractors
+        return pair_split(self.stored["train"], self.distractors, distractors.p, self.config.train.seed, epoch,
+                          distractors.vary)
 
     def stream_batches(self, epoch: int, rank: int, utterance_batches: int) -> list[StreamBatch]:
         """This worker's stream batches of one epoch; they depend only on (seed, epoch, rank)."""

@@ -35,12 +35,19 @@ class DistractorConfig:
     """Chance, per training sample and modality, of a window (validation and test: always one)."""
     seconds: list[float] = field(default_factory=lambda: [0.5, 4.0])
     """Shortest and longest window, in seconds of media."""
+    vary: float = 0.0
+    """How far a training window strays from the recordings it is cut from, as if another camera or
+    microphone had made it: each feature scaled by exp(N(0, vary)) about its mean and shifted by
+    N(0, vary) of its spread. A few recordings then stand for many, and a model cannot learn to
+    ignore only those. 0 = as recorded; validation and test windows are always as recorded."""
 
     def __post_init__(self) -> None:
         if not 0 <= self.p <= 1:
             raise ValueError(f"data.distractors.p={self.p} must be in [0, 1]")
         if len(self.seconds) != 2 or not 0 < self.seconds[0] <= self.seconds[1]:
             raise ValueError(f"data.distractors.seconds={self.seconds} must be [shortest, longest] with 0 < shortest <= longest")
+        if self.vary < 0:
+            raise ValueError(f"data.distractors.vary={self.vary} must be >= 0 (0 = windows as recorded)")
         unknown = set(self.modalities) - {"audio", "video"}
         if unknown:
             raise ValueError(f"data.distractors.modalities names {sorted(unknown)}: only audio and video come from recordings")
@@ -56,6 +63,7 @@ class Distractors:
             raise ValueError(f"{config.media or 'the distractor media'} gave no {' or '.join(empty)} features: "
                              f"add recordings with {' and '.join(empty)} there")
         self.sequences, self.spec, self.config = sequences, spec, config
+        self.spread = {m: (rows.mean(axis=0), rows.std(axis=0)) for m in config.modalities for rows in [self.rows(m)]}
 
     @classmethod
     def from_media(cls, config: DistractorConfig) -> "Distractors":
@@ -96,19 +104,30 @@ class Distractors:
         start = rng.integers(0, len(rows) - size + 1)
         return rows[start:start + size], mask[start:start + size]
 
-    def attach(self, sample: Sample, rng: np.random.Generator, p: float) -> Sample:
-        """The sample, with a window (chance p) of each distractor modality it has no data for."""
+    def varied(self, modality: str, rows: np.ndarray, rng: np.random.Generator, amount: float) -> np.ndarray:
+        """`rows` as another recording might give them (see DistractorConfig.vary); as they are at 0."""
+        if amount == 0:
+            return rows
+        mean, std = self.spread[modality]
+        scale = np.exp(rng.normal(0.0, amount, rows.shape[1]))
+        shift = rng.normal(0.0, amount, rows.shape[1]) * std
+        return (mean + (rows - mean) * scale + shift).astype(rows.dtype)
+
+    def attach(self, sample: Sample, rng: np.random.Generator, p: float, vary: float = 0.0) -> Sample:
+        """The sample, with a window (chance p, varied by `vary`) of each distractor modality it has no data for."""
         features, masks = dict(sample.features), dict(sample.masks)
         for m in self.config.modalities:
             if m in masks and masks[m].any():
                 continue
             if rng.random() < p:
-                features[m], masks[m] = self.window(m, rng)
+                rows, masks[m] = self.window(m, rng)
+                features[m] = self.varied(m, rows, rng, vary)
             else:
                 features[m], masks[m] = no_data(self.spec.modalities[m].size)
         return Sample(sample.id, sample.label, features, masks)
 
 
-def pair_split(samples: list[Sample], distractors: Distractors, p: float, seed: int, epoch: int) -> list[Sample]:
+def pair_split(samples: list[Sample], distractors: Distractors, p: float, seed: int, epoch: int,
+               vary: float = 0.0) -> list[Sample]:
     """Every sample with its distractors; the windows depend only on (seed, epoch, position)."""
-    return [distractors.attach(s, np.random.default_rng([seed, epoch, i]), p) for i, s in enumerate(samples)]
+    return [distractors.attach(s, np.random.default_rng([seed, epoch, i]), p, vary) for i, s in enumerate(samples)]

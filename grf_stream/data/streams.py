@@ -18,6 +18,8 @@ with nothing at a step gets a masked window there, which leaves its context exac
 
 from __future__ import annotations
 
+import copy
+
 import zlib
 from dataclasses import dataclass
 
@@ -75,6 +77,7 @@ class MediaTrack:
     """Every distractor recording of a modality end to end, looped, so a window can start anywhere."""
 
     def __init__(self, distractors: Distractors):
+        self.distractors = distractors
         self.modalities = list(distractors.config.modalities)
         self.rates = {m: distractors.spec.modalities[m].rate for m in self.modalities}
         self.rows = {m: np.concatenate([r for r, _ in distractors.sequences[m]]) for m in self.modalities}
@@ -87,6 +90,15 @@ class MediaTrack:
     def cut(self, modality: str, start: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         index = (start + np.arange(size)) % len(self.rows[modality])
         return self.rows[modality][index], self.masks[modality][index]
+
+    def varied(self, rng: np.random.Generator, amount: float) -> "MediaTrack":
+        """The track as another camera and microphone might give it: one change per modality, kept
+        for the whole track (see DistractorConfig.vary); this track itself at 0."""
+        if amount == 0:
+            return self
+        track = copy.copy(self)
+        track.rows = {m: self.distractors.varied(m, rows, rng, amount) for m, rows in self.rows.items()}
+        return track
 
     def offsets(self, rng: np.random.Generator) -> dict[str, int]:
         """Where in the loop each modality's track starts."""
@@ -134,7 +146,7 @@ class Stretch:
     utterances: int  # consecutive utterances in the stream
     lead_s: float  # windows before the first utterance starts
     tail_s: float  # windows after the last phrase
-    max_interval_s: float  # a longer time from the start to the first phrase, or between two phrases, is shortened
+    max_interval_s: float  # a longer time between two phrases is shortened to this
 
 
 def stretch_stream(name: str, utterances: list[Utterance], first: int, stretch: Stretch, track: MediaTrack,
@@ -142,7 +154,7 @@ def stretch_stream(name: str, utterances: list[Utterance], first: int, stretch: 
     """`stretch.utterances` consecutive utterances from `first` at their own times, long intervals
     shortened (a batch pays for its longest stream), windows of the track from a random place."""
     chosen = utterances[first:first + stretch.utterances]
-    begin = max(chosen[0].start - stretch.lead_s, chosen[0].end - stretch.max_interval_s)
+    begin = chosen[0].start - stretch.lead_s
     shifted, shift = [], 0.0
     for previous, u in zip([None, *chosen[:-1]], chosen):
         if previous is not None:
