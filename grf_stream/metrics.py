@@ -45,6 +45,9 @@ def sentiment_metrics(predictions, labels) -> dict[str, float]:
     y = np.asarray(labels, dtype=np.float64).reshape(-1)
     if p.shape != y.shape or p.size == 0:
         raise ValueError(f"{p.size} predictions for {y.size} labels: need the same, non-zero number")
+    if not (np.isfinite(p).all() and np.isfinite(y).all()):
+        raise ValueError(f"{int((~np.isfinite(p)).sum())} predictions and {int((~np.isfinite(y)).sum())} labels are "
+                         "NaN or inf: metrics over them would mean nothing; find where they come from")
     non_zero = y != 0
     return {
         "mae": float(np.mean(np.abs(p - y))),

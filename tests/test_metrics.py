@@ -53,3 +53,10 @@ def test_table_has_every_metric():
     table = format_table({"test": sentiment_metrics(PREDICTIONS, LABELS)})
     assert all(name in table.splitlines()[0] for name in METRIC_NAMES)
     assert "0.8200" in table
+
+
+def test_metrics_refuse_to_average_over_nan_or_inf():
+    with pytest.raises(ValueError, match="1 predictions and 0 labels are NaN or inf"):
+        sentiment_metrics([0.1, float("nan"), 0.3], [0.0, 1.0, -1.0])
+    with pytest.raises(ValueError, match="0 predictions and 1 labels"):
+        sentiment_metrics([0.1, 0.2], [float("inf"), 1.0])

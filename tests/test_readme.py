@@ -18,9 +18,10 @@ def test_readme_python_example_runs():
 SHARED = README.parents[1] / "shared" / "data"
 
 
-def test_readme_default_model_table_is_what_its_command_measures(tmp_path):
-    """Rebuild the text store as the README says, run `python -m trainer.mosi_report`, and find
-    every measured row of the README's table in its output, number for number."""
+def test_readme_default_model_tables_are_what_their_commands_measure(tmp_path):
+    """Rebuild the text store as the README says, run `python -m trainer.mosi_report` and
+    `python -m trainer.live_report`, and find every measured row of the README's two tables in
+    their output, number for number."""
     import pytest
 
     labels = SHARED / "mosi" / "mosi_labels_transcripts.csv"
@@ -37,8 +38,11 @@ def test_readme_default_model_table_is_what_its_command_measures(tmp_path):
     report = subprocess.run([sys.executable, "-m", "trainer.mosi_report", "--store", str(store),
                              "--media", str(SHARED / "media")], cwd=root, env=env, check=True, capture_output=True,
                             text=True, timeout=600).stdout
-    rows = [line for line in report.splitlines() if line.startswith("| ") and " split (" not in line]
+    live = subprocess.run([sys.executable, "-m", "trainer.live_report", "--store", str(store),
+                           "--media", str(SHARED / "media")], cwd=root, env=env, check=True, capture_output=True,
+                          text=True, timeout=600).stdout
+    rows = [line for line in (report + live).splitlines() if line.startswith("| ") and " split" not in line]
     measured = [row for row in rows if "published" not in row]
-    assert len(measured) == 6, report
+    assert len(measured) == 6 + 3, report + live
     for row in measured:
         assert row in README.read_text(), f"the README's table lacks this measured row:\n{row}"

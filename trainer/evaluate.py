@@ -51,16 +51,22 @@ def evaluate_model(
     window_steps: dict[str, int] | None = None,
     batch_size: int = 64,
     device: str | torch.device = "cpu",
+    split: str = "evaluation",
 ) -> Evaluation:
-    """Run the model in eval mode over every sample; the metrics of its final predictions."""
+    """Run the model in eval mode over every sample; the metrics of its final predictions. A
+    non-finite prediction is an error naming the split, the batch and its samples."""
     was_training = model.training
     model.eval()
     loader = DataLoader(SentimentDataset(samples), batch_size=batch_size, shuffle=False, collate_fn=collate)
     predictions, labels, step_predictions, contexts, gates, modalities = [], [], [], [], [], []
-    for batch in loader:
+    for index, batch in enumerate(loader):
         batch = batch.to(device)
         steps = fusion_steps(batch, order, window_steps or {})
         out = model.fuse(steps)
+        if not torch.isfinite(out.prediction).all():
+            bad = [batch.ids[i] for i in torch.nonzero(~torch.isfinite(out.prediction)).flatten().tolist()]
+            raise FloatingPointError(f"{split} batch {index + 1}: non-finite predictions for {', '.join(bad[:5])}: "
+                                     "check those samples' features for NaN or inf, and the checkpoint's weights")
         predictions.append(out.prediction.cpu())
         labels.append(batch.labels.cpu())
         step_predictions.append(out.step_predictions.cpu())

@@ -137,18 +137,25 @@ def train_epoch(module, model, loader, streams: list[StreamBatch], optimizer, co
             batch.masks = hide_modalities(batch.masks, regime.modality_dropout, generator)
         order = batch_order(config.model.order, regime, regime.seed, epoch, index)
         out = module(fusion_steps(batch, order, batch_windows(regime, regime.seed, epoch, index)))
-        losses.append(optimise(loss(out, batch.labels, regime), model, optimizer, config))
+        where = f"epoch {epoch + 1}, training batch {index + 1} (samples {', '.join(batch.ids[:3])}, ...)"
+        losses.append(optimise(loss(out, batch.labels, regime), model, optimizer, config, where))
         predictions.append(out.prediction.detach().cpu())
         labels.append(batch.labels.cpu())
         while next_stream < (index + 1) * len(streams) // len(loader):  # all of them by the last batch
             stream = streams[next_stream].to(device)
-            losses.append(optimise(stream_loss(module(stream.steps), stream, regime.streams), model, optimizer, config))
+            where = f"epoch {epoch + 1}, stream batch {next_stream + 1}"
+            losses.append(optimise(stream_loss(module(stream.steps), stream, regime.streams), model, optimizer, config,
+                                   where))
             next_stream += 1
     return float(np.mean(losses)), sentiment_metrics(torch.cat(predictions), torch.cat(labels))
 
 
-def optimise(batch_loss: torch.Tensor, model: GRF, optimizer, config: TrainConfig) -> float:
-    """One optimiser step on a batch's loss; the loss as a number."""
+def optimise(batch_loss: torch.Tensor, model: GRF, optimizer, config: TrainConfig, where: str) -> float:
+    """One optimiser step on a batch's loss; the loss as a number. A non-finite loss stops the run:
+    a step on it would spoil every weight, and every checkpoint after it."""
+    if not torch.isfinite(batch_loss):
+        raise FloatingPointError(f"{where}: the loss is {batch_loss.item()}. Check the training data for NaN or inf "
+                                 "features and labels, then lower optim.lr or set optim.grad_clip")
     optimizer.zero_grad(set_to_none=True)
     batch_loss.backward()
     if config.optim.grad_clip:
@@ -199,7 +206,7 @@ def train_func(loop_config: dict) -> None:
         streams = data.stream_batches(epoch, rank, len(loader))
         train_loss, train_metrics = train_epoch(module, model, loader, streams, optimizer, config, epoch, rank, device)
         samples_per_s = len(sampler.dataset) / (time.perf_counter() - started)  # all workers together
-        evaluations = {split: evaluate(model, data.evaluated[split], config, device) for split in ("valid", "test")}
+        evaluations = {split: evaluate(model, data.evaluated[split], config, device, split) for split in ("valid", "test")}
         live = live_metrics(data.live_valid, replay(model, data.live_valid, device)) if data.live_valid else {}
         score = selection_score(evaluations["valid"].metrics, live, config)
         improved = score < progress.best_mae
@@ -258,9 +265,9 @@ def save_and_log(record: EpochRecord, model, optimizer, progress: Progress, spec
     return ray.train.Checkpoint.from_directory(str(folder))
 
 
-def evaluate(model: GRF, samples: list[Sample], config: TrainConfig, device) -> Evaluation:
+def evaluate(model: GRF, samples: list[Sample], config: TrainConfig, device, split: str) -> Evaluation:
     return evaluate_model(model, samples, config.model.order, config.train.window_steps,
-                          config.optim.batch_size * 2, device)
+                          config.optim.batch_size * 2, device, split)
 
 
 def print_epoch(record: EpochRecord, config: TrainConfig, seconds: float) -> None:
@@ -283,7 +290,7 @@ def finish(config: TrainConfig, out_dir: Path, board: TrainingBoard, data: RunDa
         board.close()
         return
     model, _, payload = load_model(best, device)
-    results = {split: evaluate(model, data.evaluated[split], config, device) for split in SPLITS}
+    results = {split: evaluate(model, data.evaluated[split], config, device, split) for split in SPLITS}
     board.contexts(payload["metrics"].get("epoch", 0), results["test"])
     board.close()
     summary = {split: r.metrics for split, r in results.items()}
