@@ -22,7 +22,6 @@ segment for the whole stream: the context carries across phrases). Rows:
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -37,6 +36,7 @@ from grf_stream.default_model import SHIPPED
 from grf_stream.fusion import FusionService, StepRequest
 from grf_stream.metrics import sentiment_metrics
 from grf_stream.model import GRF
+from trainer.mosi_report import report_arguments
 
 WINDOW_S = 1.0  # the client's default --window-s
 COLUMNS = (("Phrase MAE", "phrase_mae"), ("Corr", "phrase_corr"), ("Acc-7", "phrase_acc7"),
@@ -135,14 +135,8 @@ def _cell(value: float, key: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, default=SHIPPED, help=f"default: the packaged model ({SHIPPED.name})")
-    parser.add_argument("--store", default="runs/mosi_text", help="the CMU-MOSI text feature store (with start/end times)")
-    parser.add_argument("--media", default="../shared/data/media", help="recordings the audio and video windows come from")
-    parser.add_argument("--split", default="test", choices=("test", "valid"),
-                        help="valid: to choose between runs without looking at the test split")
+    parser = report_arguments(__doc__.splitlines()[0])
     parser.add_argument("--window-s", type=float, default=WINDOW_S, help="audio and video window (the session's window_s)")
-    parser.add_argument("--json", type=Path, help="also write every number here")
     args = parser.parse_args(argv)
 
     streams = live_streams(args.store, args.split, args.media, args.window_s)

@@ -84,15 +84,20 @@ def _cell(value: float | None, key: str) -> str:
     return f"{value:.3f}" if key in ("mae", "corr") else f"{100 * value:.1f}"
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def report_arguments(description: str) -> argparse.ArgumentParser:
+    """The options every CMU-MOSI report takes: which model, on which store, media and split."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--checkpoint", type=Path, default=SHIPPED, help=f"default: the packaged model ({SHIPPED.name})")
     parser.add_argument("--store", default="runs/mosi_text", help="the CMU-MOSI text feature store")
     parser.add_argument("--media", default="../shared/data/media", help="the recordings the audio and video windows come from")
     parser.add_argument("--split", default="test", choices=("test", "valid"),
                         help="valid: to choose between runs without looking at the test split")
     parser.add_argument("--json", type=Path, help="also write every number here")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = report_arguments(__doc__.splitlines()[0]).parse_args(argv)
 
     model, spec, _ = load_model(args.checkpoint)
     data = DataConfig(format="store", path=args.store, distractors=DistractorConfig(media=args.media))

@@ -19,7 +19,6 @@ with nothing at a step gets a masked window there, which leaves its context exac
 from __future__ import annotations
 
 import copy
-
 import zlib
 from dataclasses import dataclass
 
