@@ -79,10 +79,11 @@ def loss(output: GRFOutput, labels: Tensor, regime: RegimeConfig) -> Tensor:
 
 
 def stream_batch(videos: dict[str, list[Utterance]], track: MediaTrack, config: StreamConfig,
-                 rng: np.random.Generator) -> StreamBatch:
+                 rng: np.random.Generator, vary: float = 0.0) -> StreamBatch:
     """config.batch_size training streams of the same number of consecutive utterances, from videos drawn by
-    how many utterances they have, each cut at a random place with random media. Lead and tail are
-    drawn once per batch: a batch runs as long as its longest stream, so its streams share them."""
+    how many utterances they have, each cut at a random place with random media (varied by `vary`, as
+    data.distractors.vary says). Lead and tail are drawn once per batch: a batch runs as long as its
+    longest stream, so its streams share them."""
     count = int(rng.integers(1, config.max_utterances + 1))
     lead, tail = rng.uniform(*config.lead_s), rng.uniform(*config.tail_s)
     eligible = [(video, utterances) for video, utterances in videos.items() if len(utterances) >= count]
@@ -92,7 +93,7 @@ def stream_batch(videos: dict[str, list[Utterance]], track: MediaTrack, config: 
         video, utterances = eligible[rng.choice(len(eligible), p=weights / weights.sum())]
         first = int(rng.integers(len(utterances) - count + 1))
         stretch = Stretch(count, lead, tail, config.max_interval_s)
-        recorded = track.varied(rng, track.distractors.config.vary)  # one camera and microphone per stream
+        recorded = track.varied(rng, vary)  # one camera and microphone per stream
         streams.append(stretch_stream(video, utterances, first, stretch, recorded, config.window_s, rng))
     return collate_streams(streams, config.text_weight)
 

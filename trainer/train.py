@@ -99,7 +99,8 @@ class RunData:
         streams = self.config.train.streams
         rng = np.random.default_rng([self.config.train.seed, epoch, rank, 1])
         count = round(streams.batches * utterance_batches)
-        return [stream_batch(self.videos["train"], self.track, streams, rng) for _ in range(count)]
+        vary = self.config.data.distractors.vary
+        return [stream_batch(self.videos["train"], self.track, streams, rng, vary) for _ in range(count)]
 
 
 def load_data(config: TrainConfig) -> RunData:
