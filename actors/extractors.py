@@ -8,6 +8,7 @@ restarted by Ray when they die, and a call that was in flight is retried once; t
 
 from __future__ import annotations
 
+import asyncio
 import zlib
 
 import numpy as np
@@ -30,6 +31,10 @@ class RayExtractors:
 
     def __init__(self, pools: dict[str, list]):
         self.pools = pools
+
+    async def warm(self) -> None:
+        """Wait until every actor is up and has run its networks once (see Extractor.warm)."""
+        await asyncio.gather(*(actor.warm.remote() for pool in self.pools.values() for actor in pool))
 
     def _actor(self, modality: str, session: str):
         pool = self.pools[modality]

@@ -93,6 +93,18 @@ class FusionService:
     def sessions(self) -> list[str]:
         return list(self.states)
 
+    def warm(self) -> None:
+        """Run a first and a later step of every modality once, on a private session, so that the
+        first session's first step does not pay for the model's first run."""
+        session = "__warm__"
+        for modality, size in self.model.config.modalities.items():
+            row = StepRequest(session, 0, modality, np.zeros((1, size), np.float32), np.ones(1, bool))
+            self.open(session)
+            try:
+                self.step([row, row])  # the segment's first step, then a later one
+            finally:
+                self.close(session)
+
     # -- fusion ------------------------------------------------------------------------------
 
     @torch.no_grad()

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +61,9 @@ class ServeConfig:
     """With CURVE: a directory of the public key files of the clients allowed in; all others get nothing."""
     tensorboard_dir: str = "runs/serve"
     stats_every_s: float = 5.0
+    warm: bool = True
+    """Run every extractor and the model once before serving, so a session's first chunk is served
+    as fast as any other (false only to measure what that saves: bench/first_chunk.py)."""
 
 
 class Server:
@@ -152,6 +156,7 @@ async def serve(config: ServeConfig) -> None:
     from actors.extractors import RayExtractors, start_extractor_pools
     from actors.fusion import RayFusion
 
+    started = time.monotonic()
     model, spec, label = load_serving_model(config.checkpoint or None)
     raw = [m for m in model.config.modalities if m in EXTRACTORS]
     refuse_mismatched_features(spec, raw)
@@ -161,8 +166,10 @@ async def serve(config: ServeConfig) -> None:
     def copies(shard: int):
         return {s.id: s.state for s in frontend.sessions.values() if frontend.shard(s.id) == shard}
 
-    fusion = RayFusion(model, config.fusion_actors, config.use_gpu, copies)
+    fusion = RayFusion(config.checkpoint or None, config.fusion_actors, config.use_gpu, copies)
     extractors = RayExtractors(start_extractor_pools(raw, config.extractors_per_modality)) if raw else None
+    if config.warm:  # serving only once every actor is up and warm: a first chunk waits for nothing else
+        await asyncio.gather(fusion.warm(), *([extractors.warm()] if extractors else []))
     rates = {m: spec.modalities[m].rate for m in raw}
     frontend = FrontEnd(model.config.modalities, rates, fusion, extractors, FrontEndConfig(
         config.max_sessions, config.idle_timeout_s, config.max_batch, config.max_wait_ms),
@@ -174,7 +181,7 @@ async def serve(config: ServeConfig) -> None:
     socket.bind(f"tcp://{config.host}:{config.port}")
     print(f"grf-stream serving {label} on tcp://{config.host}:{config.port} "
           f"({config.fusion_actors} fusion actor(s), {'GPU' if config.use_gpu else 'CPU'}); modalities "
-          f"{dict(model.config.modalities)}", flush=True)
+          f"{dict(model.config.modalities)}; ready in {time.monotonic() - started:.1f} s", flush=True)
     try:
         await Server(frontend, socket, config).run()
     finally:

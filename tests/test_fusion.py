@@ -122,3 +122,14 @@ def test_on_gpu_served_predictions_equal_forward(model):
     for s, features in sessions.items():
         expected = model.to("cuda")({m: torch.from_numpy(x)[None].cuda() for m, x in features.items()}, order=order)
         assert_close(torch.tensor(served[s]), expected.step_predictions[0].cpu())
+
+
+def test_warming_up_leaves_no_session_and_changes_no_prediction(model):
+    rng = np.random.default_rng(5)
+    steps = [request("s", k, m, window(rng, m, 4)) for k, m in enumerate(["audio", "text", "vision"])]
+    warmed, fresh = FusionService(model), FusionService(model)
+    warmed.warm()
+    assert warmed.sessions() == []
+    for service in (warmed, fresh):
+        service.open("s")
+    assert [r.value for r in warmed.step(steps)] == [r.value for r in fresh.step(steps)]

@@ -79,6 +79,10 @@ class AudioExtractor(Extractor):
     def _new_state(self) -> _Stream:
         return _Stream()
 
+    def warm_input(self) -> AudioChunk:
+        noise = np.random.default_rng(0).normal(0, 0.1, 44100)  # 1 s at a rate that needs resampling
+        return AudioChunk(noise.astype(np.float32), 44100)
+
     def _extract(self, stream: _Stream, chunk: AudioChunk) -> tuple[np.ndarray, np.ndarray]:
         samples = as_float_mono(chunk)
         _set_rate(stream, chunk.sample_rate)

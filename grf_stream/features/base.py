@@ -87,6 +87,14 @@ class Extractor:
     def open_sessions(self) -> list[str]:
         return list(self._sessions)
 
+    def warm(self) -> None:
+        """Extract a typical chunk once, so that the first chunk of the first session is served as
+        fast as any other: a network's first run allocates and initialises."""
+        self.extract_all(self.warm_input())
+
+    def warm_input(self) -> Any:
+        raise NotImplementedError
+
     def extract_all(self, chunk: Any) -> tuple[np.ndarray, np.ndarray]:
         """Whole media at once, as the offline tool does: one private session, extracted then flushed."""
         session = f"__whole_{next(_whole_media)}"

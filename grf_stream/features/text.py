@@ -32,6 +32,9 @@ class TextExtractor(Extractor):
         use_one_torch_thread()
         self.tokenizer, self.encoder = _load_minilm()
 
+    def warm_input(self) -> str:
+        return "the server is warming up its text features"
+
     def _extract(self, state: None, chunk: str) -> tuple[np.ndarray, np.ndarray]:
         ids = self._token_ids(chunk)
         windows = _split(ids, MAX_TOKENS - 2)  # longer text is encoded in windows, each with its own [CLS]/[SEP]

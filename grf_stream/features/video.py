@@ -73,6 +73,13 @@ class VideoExtractor(Extractor):
     def _new_state(self) -> _Track:
         return _Track()
 
+    def warm_input(self) -> bytes:
+        return cv2.imencode(".jpg", np.full((480, 640, 3), 128, np.uint8))[1].tobytes()  # as clients send frames
+
+    def warm(self) -> None:
+        super().warm()  # the detector finds no face in a blank frame, so run the mesh on a crop of it too
+        self.mesh(np.full((480, 640, 3), 128, np.uint8), FaceCrop(320.0, 240.0, 240.0, 0.0))
+
     def _extract(self, track: _Track, chunk) -> tuple[np.ndarray, np.ndarray]:
         frames = as_bgr_frames(chunk)
         features = np.zeros((len(frames), self.size), np.float32)

@@ -11,6 +11,8 @@ from torch.testing import assert_close
 from actors.extractors import RayExtractors, start_extractor_pools
 from actors.fusion import RayFusion
 from grf_stream import protocol as p
+from grf_stream.checkpoint import save_checkpoint
+from grf_stream.data.store import FeatureSpec, ModalitySpec
 from grf_stream.frontend import FrontEnd, FrontEndConfig
 from grf_stream.model import GRF, GRFConfig
 
@@ -21,13 +23,22 @@ ORDER = ["audio", "video", "text"]
 pytestmark = pytest.mark.usefixtures("local_ray")
 
 
-def frontend(model, extractors=None):
+def small_model(tmp_path):
+    """A small GRF, and the checkpoint file the fusion actor loads it from (as the server's does)."""
+    torch.manual_seed(0)
+    model = GRF(GRFConfig(modalities=SIZES, d_model=32, num_layers=1, num_heads=2, d_ffn=64, dropout=0.0)).eval()
+    spec = FeatureSpec({m: ModalitySpec("test", "1", d, 0.0) for m, d in SIZES.items()})
+    save_checkpoint(tmp_path / "small.pt", model, spec)
+    return model, tmp_path / "small.pt"
+
+
+def frontend(checkpoint, extractors=None):
     front: FrontEnd | None = None
 
     def copies(shard):
         return {s.id: s.state for s in front.sessions.values() if front.shard(s.id) == shard}
 
-    front = FrontEnd(SIZES, {"audio": 100.0, "video": 30.0}, RayFusion(model, 1, False, copies), extractors,
+    front = FrontEnd(SIZES, {"audio": 100.0, "video": 30.0}, RayFusion(checkpoint, 1, False, copies), extractors,
                      FrontEndConfig())
     return front
 
@@ -43,14 +54,13 @@ async def send(front, messages, wait_for: int):
 
 
 @pytest.mark.parametrize("restarted_before_next_step", [False, True])
-def test_killing_the_fusion_actor_mid_stream_keeps_every_context(restarted_before_next_step):
-    torch.manual_seed(0)
-    model = GRF(GRFConfig(modalities=SIZES, d_model=32, num_layers=1, num_heads=2, d_ffn=64, dropout=0.0)).eval()
+def test_killing_the_fusion_actor_mid_stream_keeps_every_context(restarted_before_next_step, tmp_path):
+    model, checkpoint = small_model(tmp_path)
     rng = np.random.default_rng(0)
     data = {f"s{i}": {m: rng.standard_normal((3 + i, d)).astype(np.float32) for m, d in SIZES.items()} for i in range(4)}
 
     async def scenario():
-        front = frontend(model)
+        front = frontend(checkpoint)
         runner = asyncio.create_task(front.run_shard(0))
         await send(front, [p.Hello(s, 0, 0.0, ORDER, "window") for s in data], 0)
         await asyncio.sleep(0.5)
@@ -73,12 +83,11 @@ def test_killing_the_fusion_actor_mid_stream_keeps_every_context(restarted_befor
         assert_close(served, expected.step_predictions[0])
 
 
-def test_killing_an_extractor_actor_loses_no_session():
-    torch.manual_seed(0)
-    model = GRF(GRFConfig(modalities=SIZES, d_model=32, num_layers=1, num_heads=2, d_ffn=64, dropout=0.0)).eval()
+def test_killing_an_extractor_actor_loses_no_session(tmp_path):
+    _, checkpoint = small_model(tmp_path)
 
     async def scenario():
-        front = frontend(model, RayExtractors(start_extractor_pools(["text"])))
+        front = frontend(checkpoint, RayExtractors(start_extractor_pools(["text"])))
         runner = asyncio.create_task(front.run_shard(0))
         await send(front, [p.Hello("s", 0, 0.0, ["text"], "window")], 0)
         first = await send(front, [p.Text("s", 1, 1.0, "what a wonderful film", True)], 1)
