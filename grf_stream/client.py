@@ -1,5 +1,6 @@
 """`python -m grf_stream.client`: stream media to a grf-stream server and print its predictions.
 
+    python -m grf_stream.client --demo                                     # a packaged recording
     python -m grf_stream.client --video talk.mp4 --transcript talk.csv     # replayed in real time
     python -m grf_stream.client --audio speech.wav --transcript speech.csv --speed 4
     python -m grf_stream.client --webcam --mic --transcript-stdin           # live
@@ -32,6 +33,7 @@ import zmq.asyncio
 
 from grf_stream import protocol as p
 
+DEMO = Path(__file__).parent / "demo"  # a public-domain speech and its transcript (demo/README.md)
 FRAME_RATE = 30.0
 AUDIO_CHUNK_S = 0.1
 SAMPLE_RATE = 16000
@@ -73,10 +75,17 @@ def read_transcript(path: Path) -> list[dict]:
     return rows
 
 
-def no_words_yet(modalities: list[str]) -> str:
-    """A note on a prediction made before the session's first phrase: the default model reads
-    sentiment from words, so until then it shows its prior, not what it heard or saw."""
-    return "" if "text" in modalities else "  (no words yet)"
+# What each modality is to a person watching the output.
+PLAIN_NAMES = {"text": "words", "audio": "voice", "video": "face"}
+
+
+def rests_on(fused: list[str], sent: list[str]) -> str:
+    """What a prediction rests on, in words read at a glance: "words + voice + face", or
+    "voice + face; no words yet" while the session has sent no phrase. The default model reads
+    sentiment from words, so before the first phrase it shows its prior, not what it heard or saw."""
+    held = " + ".join(PLAIN_NAMES.get(m, m) for m in fused) or "nothing"
+    missing = [f"no {PLAIN_NAMES.get(m, m)} yet" for m in sent if m not in fused]
+    return "; ".join([held, *missing])
 
 
 class Client:
@@ -87,6 +96,7 @@ class Client:
             use_curve(self.socket, *curve)
         self.socket.connect(address)
         self.session, self.as_json = session, as_json
+        self.sent_modalities: list[str] = []  # what this client said in hello it would send
         self.seq = itertools.count()
         self.closed = asyncio.Event()
         self.predictions = 0
@@ -108,8 +118,8 @@ class Client:
             print(json.dumps({"type": type(reply).__name__.lower(), **asdict(reply)}, default=str), flush=True)
         elif isinstance(reply, p.Prediction):
             print(f"{reply.session} seg {reply.segment} step {reply.step:>2} {reply.modality:<6} "
-                  f"[{'+'.join(reply.modalities)}] sentiment {reply.value:+.3f} gate {reply.gate:.3f} "
-                  f"({reply.latency_ms:.1f} ms){no_words_yet(reply.modalities)}", flush=True)
+                  f"sentiment {reply.value:+.3f} gate {reply.gate:.3f} ({reply.latency_ms:5.1f} ms)  "
+                  f"{rests_on(reply.modalities, self.sent_modalities)}", flush=True)
         elif isinstance(reply, p.Error):
             print(f"error {reply.code} (seq {reply.seq}): {reply.message}", file=sys.stderr, flush=True)
         elif isinstance(reply, p.Closed):
@@ -117,8 +127,12 @@ class Client:
         elif isinstance(reply, p.Welcome):
             print(f"connected as {reply.session}: the server fuses {reply.modalities}", flush=True)
 
-    async def replay(self, events, modalities, window: str, window_s: float, speed: float) -> None:
+    async def hello(self, modalities: list[str], window: str, window_s: float) -> None:
+        self.sent_modalities = modalities
         await self.send(p.Hello, modalities, window, SAMPLE_RATE, window_s, False)
+
+    async def replay(self, events, modalities, window: str, window_s: float, speed: float) -> None:
+        await self.hello(modalities, window, window_s)
         started = time.monotonic()
         for at, kind, payload in events:
             delay = at / speed - (time.monotonic() - started)
@@ -136,7 +150,7 @@ class Client:
                    window_s: float) -> None:
         """Stream capture devices and typed phrases until stdin ends (or the devices do, or Ctrl-C), then say bye."""
         modalities = [m for m, on in (("video", webcam is not None), ("audio", mic), ("text", stdin)) if on]
-        await self.send(p.Hello, modalities, window, SAMPLE_RATE, window_s, False)
+        await self.hello(modalities, window, window_s)
         sources = [self.webcam(webcam)] if webcam is not None else []
         sources += [self.microphone(mic, mic_format)] if mic else []
         producers = [asyncio.create_task(source) for source in sources]
@@ -257,6 +271,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--video", type=Path, help="a video file to replay (frames and sound)")
     parser.add_argument("--audio", type=Path, help="an audio file to replay (wav, flac, ...)")
     parser.add_argument("--transcript", type=Path, help="CSV with start, end, text")
+    parser.add_argument("--demo", action="store_true",
+                        help="replay the packaged demo: 11 s of a public-domain speech and its transcript")
     parser.add_argument("--webcam", nargs="?", const="0", help="live: stream this camera (default 0), or a stream URL")
     parser.add_argument("--mic", nargs="?", const="default", help="live: stream this microphone (default: ALSA's 'default')")
     parser.add_argument("--mic-format", default="alsa", help="FFmpeg input format of --mic (alsa, pulse, avfoundation, dshow)")
@@ -272,7 +288,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--curve-key", type=Path, help="CURVE: this client's .key_secret file")
     parser.add_argument("--server-key", type=Path, help="CURVE: the server's public .key file")
     args = parser.parse_args(argv)
-    sys.exit(asyncio.run(run(args)))
+    if args.demo:
+        args.audio, args.transcript = DEMO / "jfk.flac", DEMO / "jfk.csv"
+    try:
+        sys.exit(asyncio.run(run(args)))
+    except KeyboardInterrupt:  # Ctrl-C: how --stats and live streams end
+        sys.exit(130)
 
 
 if __name__ == "__main__":

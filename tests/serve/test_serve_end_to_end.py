@@ -88,7 +88,7 @@ def test_streaming_the_mosi_clip_gives_a_prediction_after_every_step_and_ends_cl
 
 
 @needs_media
-def test_the_client_says_which_predictions_have_no_words_behind_them_yet(server, tmp_path):
+def test_the_client_says_what_each_prediction_rests_on_and_that_no_words_came_yet(server, tmp_path):
     transcript = tmp_path / "t.csv"
     transcript.write_text('start,end,text\n0,3.5,"AND SUCKER PUNCH IS A FAILER"\n')
     result = subprocess.run([sys.executable, "-m", "grf_stream.client", "--server", server, "--video", str(MEDIA),
@@ -98,8 +98,9 @@ def test_the_client_says_which_predictions_have_no_words_behind_them_yet(server,
     lines = [line for line in result.stdout.splitlines() if " sentiment " in line]
     first_text = next(i for i, line in enumerate(lines) if " text " in line)
     assert first_text > 0, lines  # 3.5 s of audio and video windows come first
-    assert all(line.endswith("(no words yet)") for line in lines[:first_text]), lines
-    assert not any("no words yet" in line for line in lines[first_text:]), lines
+    assert all(line.endswith("voice + face; no words yet") or line.endswith("face + voice; no words yet")
+               for line in lines[:first_text]), lines
+    assert all(line.endswith(" + words") for line in lines[first_text:]), lines  # words fused last
 
 
 @needs_media
