@@ -30,7 +30,7 @@ import numpy as np
 from grf_stream import protocol as p
 from grf_stream.features.audio import AudioChunk
 from grf_stream.fusion import FusionState, StepRequest, StepResult
-from grf_stream.session import Session
+from grf_stream.session import Session, message_bytes
 
 
 class FusionBackend(Protocol):
@@ -59,6 +59,10 @@ class FrontEndConfig:
     max_batch: int = 64
     max_wait_ms: float = 0.0  # extra wait to fill a batch; 0: only what queued during the last batch
     max_audio_chunks: int = 50  # waiting audio chunks per session before the oldest is dropped
+    max_waiting_messages: int = 256  # per session: text, features and control messages not yet taken
+    max_waiting_bytes: int = 16 * 1024 * 1024  # per session: the bytes of every message not yet taken
+    max_queued_steps: int = 1024  # per fusion shard; a full queue holds the sessions' workers back
+    limits: p.Limits = p.Limits()  # what a message and a step may hold; told to clients in welcome
 
 
 @dataclass
@@ -82,8 +86,10 @@ class FrontEnd:
         self.sessions: dict[str, Session] = {}
         self.workers: dict[str, asyncio.Task] = {}
         self.outbox: asyncio.Queue[tuple[bytes, p.Message]] = asyncio.Queue()
-        self.queues = [asyncio.Queue() for _ in range(fusion.shards)]
-        self.received_at: dict[tuple[str, int, str], float] = {}  # (session, seq, modality) -> when queued
+        self.queues = [asyncio.Queue(config.max_queued_steps) for _ in range(fusion.shards)]
+        # (session, seq, modality) -> (when its first window was queued, windows of it not yet answered):
+        # one chunk can complete several windows, and each is timed from the same moment.
+        self.received_at: dict[tuple[str, int, str], tuple[float, int]] = {}
         self.stats = {"steps": 0, "errors": 0, "drops": 0}
         self.gates: dict[str, list[float]] = {}  # modality -> mean gate of each fusion step, since the board read them
         self.recent: deque[tuple[float, float]] = deque(maxlen=10_000)  # (when, latency ms) of recent steps
@@ -96,9 +102,9 @@ class FrontEnd:
     async def handle(self, identity: bytes, data: bytes) -> None:
         """One client message; every problem becomes an error reply, nothing propagates."""
         try:
-            message = p.decode(data)
+            message = p.decode(data, self.config.limits)
             if isinstance(message, p.Hello):
-                await self.open(identity, message)
+                self.open(identity, message)
             elif isinstance(message, p.StatsRequest):
                 self.send(identity, p.ServerStats(message.session, message.seq, time.time(), self.live_numbers()))
             else:
@@ -125,19 +131,40 @@ class FrontEnd:
         if modality is not None and modality not in session.modalities:
             raise p.ProtocolError(p.UNKNOWN_MODALITY, f"{modality} was not opened: this session sends "
                                   f"{list(session.modalities)} (say so in hello)", session.id, message.seq)
+        self.admit(session, message)
         if isinstance(message, p.Video):
-            if session.newest_frame is not None:
-                self.count_drop(session, "video")  # the waiting frame is stale: keep only the newest
-                session.newest_frame = message
+            stale, session.newest_frame = session.newest_frame, message
+            if stale is not None:  # keep only the newest frame; the worker already has a token for it
+                self.count_drop(session, "video")
+                session.release(stale)
                 return
-            session.newest_frame = message
+            message = p.Video  # a token: the worker takes the frame waiting then, its bytes held once
         elif isinstance(message, p.Audio):
             if len(session.audio) == self.config.max_audio_chunks:
-                self.count_drop(session, "audio")  # deque(maxlen) drops the oldest
+                self.count_drop(session, "audio")  # the oldest goes: its bytes are released, its token stays
+                session.release(session.audio.popleft())
+                session.audio.append(message)
+                return
             session.audio.append(message)
+            message = p.Audio
         session.inbox.put_nowait(message)
 
-    async def open(self, identity: bytes, hello: p.Hello) -> None:
+    def admit(self, session: Session, message: p.Message) -> None:
+        """Refuse a message the session has no room for: its waiting messages and bytes are bounded."""
+        size = message_bytes(message)
+        raw = isinstance(message, (p.Video, p.Audio))  # bounded by their own keep rules
+        if not raw and session.inbox.qsize() >= self.config.max_waiting_messages:
+            raise p.ProtocolError(p.BUSY, f"session {session.id!r} has {session.inbox.qsize()} messages waiting, the "
+                                  f"limit is {self.config.max_waiting_messages}: send slower", session.id, message.seq)
+        if session.waiting_bytes + size > self.config.max_waiting_bytes:
+            raise p.ProtocolError(p.BUSY, f"session {session.id!r} has {session.waiting_bytes} bytes waiting and this "
+                                  f"message is {size}, the limit is {self.config.max_waiting_bytes}: send slower or "
+                                  "smaller", session.id, message.seq)
+        session.hold_bytes(size)
+
+    def open(self, identity: bytes, hello: p.Hello) -> None:
+        """Check a hello and start the session's worker, which opens it on the fusion side and then
+        says welcome: the socket loop never waits for a fusion actor (one may be restarting)."""
         if hello.session in self.sessions:
             raise p.ProtocolError(p.BAD_STATE, f"session {hello.session!r} is already open", hello.session, hello.seq)
         if len(self.sessions) >= self.config.max_sessions:  # closing ones count until they are gone
@@ -149,19 +176,31 @@ class FrontEnd:
                                   f"{sorted(self.modalities)}", hello.session, hello.seq)
         session = Session(hello.session, identity, tuple(hello.modalities), hello.window, hello.window_s,
                           hello.sample_rate, hello.carry_context, self.clock(), last_seq=hello.seq)
-        session.audio = deque(maxlen=self.config.max_audio_chunks)
-        await self.fusion.open(self.shard(session.id), session.id, None)
-        self.sessions[session.id] = session  # only once the fusion side holds it too
-        self.workers[session.id] = asyncio.create_task(self.work(session))
-        limits = {**dataclasses.asdict(p.Limits()), "max_sessions": self.config.max_sessions,
-                  "idle_timeout_s": self.config.idle_timeout_s}
-        self.send(identity, p.Welcome(session.id, hello.seq, time.time(), sorted(self.modalities), self.feature_spec,
-                                      limits, p.VERSION))
+        self.sessions[session.id] = session  # messages that come before the welcome wait in its inbox
+        self.workers[session.id] = asyncio.create_task(self.work(session, hello.seq))
+
+    async def welcome(self, session: Session, seq: int) -> bool:
+        """Open the session on the fusion side, then welcome it; False (and an error) if that failed."""
+        try:
+            await self.fusion.open(self.shard(session.id), session.id, None)
+        except Exception as error:
+            self.reply_error(session.identity, p.INTERNAL, f"the session could not be opened: {_cause(error)}. Send "
+                             "hello again", session.id, seq)
+            self.sessions.pop(session.id, None)
+            self.workers.pop(session.id, None)
+            return False
+        limits = {**dataclasses.asdict(self.config.limits), "max_sessions": self.config.max_sessions,
+                  "idle_timeout_s": self.config.idle_timeout_s, "max_waiting_bytes": self.config.max_waiting_bytes}
+        self.send(session.identity, p.Welcome(session.id, seq, time.time(), sorted(self.modalities), self.feature_spec,
+                                              limits, p.VERSION))
+        return True
 
     # -- one session's worker ------------------------------------------------------------------
 
-    async def work(self, session: Session) -> None:
-        """The session's messages in order; errors answer that message and the session goes on."""
+    async def work(self, session: Session, hello_seq: int) -> None:
+        """Open the session, then its messages in order; errors answer that message and the session goes on."""
+        if not await self.welcome(session, hello_seq):
+            return
         while not session.closing:
             message = await session.inbox.get()
             try:
@@ -169,20 +208,25 @@ class FrontEnd:
             except p.ProtocolError as error:
                 self.reply_error(session.identity, error.code, error.message, session.id, error.seq)
             except Exception as error:  # an extractor or backend failure: this message only
-                self.reply_error(session.identity, p.INTERNAL, f"{type(message).__name__.lower()} failed: "
-                                 f"{error}", session.id, message.seq)
+                kind = message if isinstance(message, type) else type(message)
+                self.reply_error(session.identity, p.INTERNAL, f"{kind.__name__.lower()} failed: {error}", session.id,
+                                 getattr(message, "seq", None))
 
-    async def process(self, session: Session, message: p.Message) -> None:
+    async def process(self, session: Session, message: p.Message | type) -> None:
+        if not isinstance(message, type):  # audio and video wait in their own queues, their tokens here
+            session.release(message)
         if isinstance(message, p.Features):
             await self.on_features(session, message)
-        elif isinstance(message, p.Video):
+        elif message is p.Video:  # a token: the newest frame waiting
             frame, session.newest_frame = session.newest_frame, None
             if frame is not None:
+                session.release(frame)
                 chunk = frame.jpeg if frame.jpeg is not None else frame.frame
                 await self.on_rows(session, "video", frame.seq, *await self.extract(session, "video", chunk, frame.seq))
-        elif isinstance(message, p.Audio):
+        elif message is p.Audio:  # a token: the oldest chunk waiting
             if session.audio:
                 chunk = session.audio.popleft()
+                session.release(chunk)
                 rows = await self.extract(session, "audio", AudioChunk(chunk.pcm, chunk.sample_rate), chunk.seq)
                 await self.on_rows(session, "audio", chunk.seq, *rows)
         elif isinstance(message, p.Text):
@@ -213,6 +257,8 @@ class FrontEnd:
             raise p.ProtocolError(p.BAD_SHAPE, f"{message.modality} features have size {message.features.shape[1]}:"
                                   f" this model takes {expected}", session.id, message.seq)
         mask = message.mask if message.mask is not None else np.ones(len(message.features), bool)
+        held = session.held_rows(message.modality) if session.policy == "segment" else 0
+        self.check_step_rows(session, message.modality, held + len(mask), message.seq)
         if session.policy == "segment":
             session.hold(message.modality, message.features, mask)
         else:
@@ -220,7 +266,9 @@ class FrontEnd:
 
     async def on_text(self, session: Session, message: p.Text) -> None:
         rows, mask = await self.extract(session, "text", message.text, message.seq)
-        session.hold("text", rows, mask)
+        held = session.held_rows("text") - session.partial_rows  # a partial is replaced, not added to
+        self.check_step_rows(session, "text", held + len(rows), message.seq)
+        session.hold_text(rows, mask, message.final)
         if session.policy == "window" and message.final:  # one step per finished phrase
             for modality, features, held_mask in session.take_pending(["text"]):
                 await self.submit(session, message.seq, modality, features, held_mask)
@@ -228,6 +276,7 @@ class FrontEnd:
     async def on_rows(self, session: Session, modality: str, seq: int, rows: np.ndarray, mask: np.ndarray) -> None:
         """Audio or video rows: held, and in window policy cut into steps of window_s seconds."""
         if len(rows):
+            self.check_step_rows(session, modality, session.held_rows(modality) + len(rows), seq)
             session.hold(modality, rows, mask)
         if session.policy != "window":
             return
@@ -236,11 +285,23 @@ class FrontEnd:
             features, window_mask = session.take_rows(modality, window_rows)
             await self.submit(session, seq, modality, features, window_mask)
 
+    def check_step_rows(self, session: Session, modality: str, rows: int, seq: int) -> None:
+        """A step carries at most limits.max_step_rows rows (the model's own limit is never reached)."""
+        limit = self.config.limits.max_step_rows
+        if rows > limit:
+            raise p.ProtocolError(p.TOO_LARGE, f"this {modality} would make a step of {rows} rows, the limit is "
+                                  f"{limit}: send shorter phrases or fewer feature steps, or end segments sooner "
+                                  "(segment_end)", session.id, seq)
+
     async def on_segment_end(self, session: Session, seq: int) -> None:
         """Flush the extractors' held-back rows, fuse what the segment holds, then start a new one."""
         if self.extractors is not None:
             for modality in [m for m in session.modalities if m in ("audio", "video")]:
                 rows, mask = await self.extractors.flush(modality, session.id)
+                room = self.config.limits.max_step_rows - session.held_rows(modality)
+                if len(rows) > room:  # the extractor's last few rows, past a full segment: dropped
+                    self.count_drop(session, modality)
+                    rows, mask = rows[:max(room, 0)], mask[:max(room, 0)]
                 if len(rows):
                     session.hold(modality, rows, mask)
         for modality, features, mask in session.take_pending():
@@ -281,7 +342,9 @@ class FrontEnd:
     # -- batching ----------------------------------------------------------------------------
 
     async def submit(self, session: Session, seq: int, modality: str, features: np.ndarray, mask: np.ndarray) -> None:
-        self.received_at[session.id, seq, modality] = self.clock()
+        key = (session.id, seq, modality)
+        queued_at, waiting = self.received_at.get(key, (self.clock(), 0))
+        self.received_at[key] = (queued_at, waiting + 1)
         request = StepRequest(session.id, seq, modality, np.ascontiguousarray(features, np.float32), mask)
         await self.queues[self.shard(session.id)].put(request)
 
@@ -318,15 +381,36 @@ class FrontEnd:
         return batch, None
 
     async def run_batch(self, shard: int, batch: list[StepRequest]) -> None:
+        """Fuse a batch; if it fails, each session's steps again on their own, so that a step that
+        fails fails alone (the fusion service leaves every context as it was when a call fails)."""
         try:
             results = await self.fusion.step(shard, batch)
-        except Exception as error:  # the backend already retried once; the sessions go on without this step
+        except Exception as error:  # the backend already retried once after losing its actor
+            by_session: dict[str, list[StepRequest]] = {}
             for request in batch:
-                self.received_at.pop((request.session, request.seq, request.modality), None)
+                by_session.setdefault(request.session, []).append(request)
+            if len(by_session) > 1:
+                for requests in by_session.values():
+                    await self.run_batch(shard, requests)
+                return
+            for request in batch:  # the sessions go on without this step
+                self.forget_timing(request.session, request.seq, request.modality)
                 self.reply_error_to_session(request.session, p.INTERNAL, f"step failed: {_cause(error)}", request.seq)
             return
         for result in results:
             self.deliver(result)
+
+    def forget_timing(self, session: str, seq: int, modality: str) -> float | None:
+        """When a step's chunk was first queued; forgotten once its last window is answered."""
+        key = (session, seq, modality)
+        if key not in self.received_at:
+            return None
+        queued_at, waiting = self.received_at[key]
+        if waiting > 1:
+            self.received_at[key] = (queued_at, waiting - 1)
+        else:
+            del self.received_at[key]
+        return queued_at
 
     async def run_control(self, control: Control) -> None:
         try:
@@ -336,7 +420,7 @@ class FrontEnd:
 
     def deliver(self, result: StepResult) -> None:
         session = self.sessions.get(result.session)
-        started = self.received_at.pop((result.session, result.seq, result.modality), None)
+        started = self.forget_timing(result.session, result.seq, result.modality)
         if session is None:  # closed while its step was in flight
             return
         session.record(result)

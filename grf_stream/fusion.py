@@ -11,6 +11,7 @@ same numbers as the session alone. After every step comes a prediction (9).
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -112,12 +113,18 @@ class FusionService:
         """Fuse every request; results in the order of the requests.
 
         Requests of one session are applied in order (a later one sees the earlier one's context).
+        If any fails, no session's state changes and the error is raised.
         """
         results: dict[int, StepResult] = {}
-        for wave in self._waves(requests):
-            for group in self._groups(wave, requests):
-                for index, result in zip(group, self._run_group([requests[i] for i in group])):
-                    results[index] = result
+        before = {r.session: copy.deepcopy(self._state(r.session)) for r in requests}  # unknown sessions fail here
+        try:
+            for wave in self._waves(requests):
+                for group in self._groups(wave, requests):
+                    for index, result in zip(group, self._run_group([requests[i] for i in group])):
+                        results[index] = result
+        except Exception:
+            self.states.update(before)  # all or nothing: no session is left a step ahead of its copies
+            raise
         return [results[i] for i in range(len(requests))]
 
     def _waves(self, requests: list[StepRequest]) -> list[list[int]]:

@@ -101,17 +101,19 @@ class ProtocolError(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
-    """What `decode` accepts; the server may send these to clients in its welcome."""
+    """What `decode` accepts, and what one step may carry; the server sends these in its welcome."""
 
     max_message_bytes: int = 8 * 1024 * 1024  # checked before unpacking
     max_items: int = 1024  # entries in any one msgpack array or map
-    max_frame_side: int = 4096
+    max_frame_side: int = 4096  # raw frames, and JPEGs by the size their header declares
     max_feature_steps: int = 10_000
     max_feature_size: int = 4096
-    max_text_chars: int = 10_000
+    max_text_chars: int = 2_000  # a phrase; at most about one text row (word piece) per character
     min_sample_rate: int = 8000
     max_sample_rate: int = 48000
+    min_window_s: float = 1 / 30  # one video frame: a shorter window would make a step of every audio row
     max_window_s: float = 60.0  # a longer window would buffer minutes of raw media per session
+    max_step_rows: int = 6_000  # feature rows one step may carry: a segment's held rows, a phrase, a features message
 
 
 # -- messages ---------------------------------------------------------------------------------------
@@ -355,8 +357,9 @@ def _sample_rate(value, where, limits):
 
 def _window_seconds(value, where, limits):
     seconds = _finite_number(value, where, limits)
-    if not 0 < seconds <= limits.max_window_s:
-        _reject(BAD_FIELD, where, value, f"send seconds with 0 < window_s <= {limits.max_window_s:g}")
+    if not limits.min_window_s <= seconds <= limits.max_window_s:
+        _reject(BAD_FIELD, where, value, f"send seconds with {limits.min_window_s:.4g} <= window_s <= "
+                                         f"{limits.max_window_s:g}")
     return seconds
 
 
@@ -377,7 +380,42 @@ def _binary(value, where, limits):
 def _jpeg(value, where, limits):
     if not _binary(value, where, limits) or not value.startswith(JPEG_MAGIC):
         _reject(BAD_FIELD, where, value, "send the bytes of a JPEG file (they start with FF D8)")
+    size = jpeg_size(value)
+    if size is None:
+        _reject(BAD_FIELD, where, value, "send a whole JPEG file: no frame header (SOF) was found before its data")
+    if max(size) > limits.max_frame_side:
+        _reject(TOO_LARGE, where, value, f"its header declares {size[1]}x{size[0]} pixels: send frames with sides "
+                                         f"up to {limits.max_frame_side}")
     return value
+
+
+_SOF_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # start-of-frame markers; C4/C8/CC are not
+_START_OF_SCAN = 0xDA
+
+
+def jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a JPEG's frame header, read without decoding anything; None if there is none.
+
+    After FF D8 a JPEG is a chain of segments, FF <marker> <2-byte big-endian length> <payload>; the
+    frame header (an SOF segment) holds precision (1 byte), height and width (2 bytes each).
+    """
+    at = 2
+    while at + 4 <= len(data):
+        if data[at] != 0xFF:
+            return None
+        marker = data[at + 1]
+        if marker == 0xFF:  # fill byte before a marker
+            at += 1
+            continue
+        length = int.from_bytes(data[at + 2:at + 4], "big")
+        if marker in _SOF_MARKERS:
+            if at + 9 > len(data):
+                return None
+            return int.from_bytes(data[at + 5:at + 7], "big"), int.from_bytes(data[at + 7:at + 9], "big")
+        if marker == _START_OF_SCAN or length < 2:
+            return None
+        at += 2 + length
+    return None
 
 
 def _pcm16(value, where, limits):

@@ -55,6 +55,11 @@ class ServeConfig:
     max_wait_ms: float = 0.0
     """Extra wait to fill a batch; 0 = a batch is what queued while the previous one ran."""
     max_message_bytes: int = 8 * 1024 * 1024
+    """A larger message is answered with `too_large`; the connection and its sessions go on."""
+    transport_max_bytes: int = 64 * 1024 * 1024
+    """ZeroMQ's own cap: a larger message makes ZeroMQ drop the connection (its sessions then time out)."""
+    max_waiting_bytes: int = 16 * 1024 * 1024
+    """Per session: the bytes of its messages waiting to be taken; more is refused with `busy`."""
     curve_server_key: str = ""
     """CURVE encryption: the server's secret key file (python -m grf_stream.keys); empty = plain TCP."""
     curve_clients_dir: str = ""
@@ -117,6 +122,17 @@ class StatsBoard:
             self.writer.flush()
 
 
+def frontend_config(config: ServeConfig) -> FrontEndConfig:
+    """The front-end's part of the server's config: one source for every limit, down to the welcome."""
+    if config.transport_max_bytes < config.max_message_bytes:
+        raise SystemExit(f"transport_max_bytes={config.transport_max_bytes} is below max_message_bytes="
+                         f"{config.max_message_bytes}: a message between them could not be answered; raise it")
+    return FrontEndConfig(max_sessions=config.max_sessions, idle_timeout_s=config.idle_timeout_s,
+                          max_batch=config.max_batch, max_wait_ms=config.max_wait_ms,
+                          max_waiting_bytes=config.max_waiting_bytes,
+                          limits=p.Limits(max_message_bytes=config.max_message_bytes))
+
+
 def start_ray(config: ServeConfig) -> None:
     if config.address:
         ray.init(address=config.address)
@@ -171,13 +187,12 @@ async def serve(config: ServeConfig) -> None:
     if config.warm:  # serving only once every actor is up and warm: a first chunk waits for nothing else
         await asyncio.gather(fusion.warm(), *([extractors.warm()] if extractors else []))
     rates = {m: spec.modalities[m].rate for m in raw}
-    frontend = FrontEnd(model.config.modalities, rates, fusion, extractors, FrontEndConfig(
-        config.max_sessions, config.idle_timeout_s, config.max_batch, config.max_wait_ms),
-        feature_spec=spec.to_dict()["modalities"])
+    frontend = FrontEnd(model.config.modalities, rates, fusion, extractors, frontend_config(config),
+                        feature_spec=spec.to_dict()["modalities"])
     context = zmq.asyncio.Context()
     socket = context.socket(zmq.ROUTER)
     authenticator = secure(socket, context, config) if config.curve_server_key else None
-    socket.setsockopt(zmq.MAXMSGSIZE, config.max_message_bytes + 1024)  # oversized: dropped by ZeroMQ itself
+    socket.setsockopt(zmq.MAXMSGSIZE, config.transport_max_bytes)
     socket.bind(f"tcp://{config.host}:{config.port}")
     print(f"grf-stream serving {label} on tcp://{config.host}:{config.port} "
           f"({config.fusion_actors} fusion actor(s), {'GPU' if config.use_gpu else 'CPU'}); modalities "

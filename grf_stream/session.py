@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from grf_stream import protocol as p
 from grf_stream.fusion import FusionState, StepResult
 
 
@@ -28,6 +29,12 @@ class Window:
 
     def rows(self) -> int:
         return sum(len(f) for f in self.features)
+
+    def drop_last(self, rows: int) -> None:
+        """Forget the newest `rows` rows (a partial transcript that a newer one replaces)."""
+        if rows:
+            features, mask = self.take()
+            self.add(features[:-rows], mask[:-rows])
 
     def take(self, rows: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """The first `rows` rows (all by default); the rest stay."""
@@ -55,6 +62,8 @@ class Session:
     inbox: asyncio.Queue = field(default_factory=asyncio.Queue)  # messages for the session's worker, in order
     newest_frame: object | None = None  # the one video frame waiting (late frames replace it)
     audio: deque = field(default_factory=deque)  # waiting audio chunks, bounded by the front-end
+    waiting_bytes: int = 0  # the bytes of every message received and not yet taken (bounded by the front-end)
+    partial_rows: int = 0  # the newest held text rows that came from a partial transcript (final: false)
 
     def accept_seq(self, seq: int) -> bool:
         """Sequence numbers only grow; a message that goes back is refused."""
@@ -66,6 +75,20 @@ class Session:
     def hold(self, modality: str, features: np.ndarray, mask: np.ndarray) -> None:
         self.pending.setdefault(modality, Window()).add(features, mask)
 
+    def hold_text(self, features: np.ndarray, mask: np.ndarray, final: bool) -> None:
+        """A transcript phrase; a partial one (final: false) is replaced by the next, partial or final."""
+        if "text" in self.pending:
+            self.pending["text"].drop_last(self.partial_rows)
+        self.hold("text", features, mask)
+        self.partial_rows = 0 if final else len(features)
+
+    def hold_bytes(self, size: int) -> None:
+        self.waiting_bytes += size
+
+    def release(self, message) -> None:
+        """A waiting message was taken or dropped: its bytes no longer count."""
+        self.waiting_bytes -= message_bytes(message)
+
     def held_rows(self, modality: str) -> int:
         return self.pending[modality].rows() if modality in self.pending else 0
 
@@ -75,6 +98,8 @@ class Session:
     def take_pending(self, modalities: list[str] | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """The held rows as steps (of these modalities, or all), in the order their first rows arrived."""
         names = [m for m in self.pending if modalities is None or m in modalities]
+        if "text" in names:
+            self.partial_rows = 0
         steps = [(m, *self.pending[m].take()) for m in names if self.pending[m].features]
         for m in names:
             del self.pending[m]
@@ -86,3 +111,16 @@ class Session:
 
     def end_segment(self) -> None:
         self.state.reset(self.state.segment + 1, self.carry_context)
+
+
+def message_bytes(message) -> int:
+    """What a waiting message holds in memory, as the per-session budget counts it."""
+    if isinstance(message, p.Video):
+        return len(message.jpeg) if message.jpeg is not None else message.frame.nbytes
+    if isinstance(message, p.Audio):
+        return message.pcm.nbytes
+    if isinstance(message, p.Features):
+        return message.features.nbytes + message.mask.nbytes
+    if isinstance(message, p.Text):
+        return len(message.text) * 4  # at most 4 bytes a character in UTF-8
+    return 0

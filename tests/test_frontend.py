@@ -171,13 +171,14 @@ def test_late_video_keeps_the_newest_frame_audio_drops_the_oldest_text_drops_not
     front, _ = make_frontend(max_audio_chunks=3)
     slow = SlowExtractors()
     front.extractors = slow
-    jpeg = b"\xff\xd8" + bytes(16)
+    header = b"\xff\xd8\xff\xc0\x00\x11\x08\x00\x02\x00\x04\x03" + bytes(9)  # a JPEG's frame header: 4x2
+    jpeg = header + bytes(16)
     pcm = np.zeros(160, np.int16)
 
     async def scenario():
         await exchange(front, [hello(window="segment")])
         sent = [p.Video("s", 1, 1.0, jpeg)]  # taken by the worker at once, then it waits
-        sent += [p.Video("s", 2 + i, 2.0, jpeg[:2] + bytes([i]) * 16) for i in range(5)]  # only the last survives
+        sent += [p.Video("s", 2 + i, 2.0, header + bytes([i]) * 16) for i in range(5)]  # only the last survives
         sent += [p.Audio("s", 10 + i, 3.0, pcm + i, 16000) for i in range(6)]  # 3 fit: the 3 oldest go
         sent += [p.Text("s", 20 + i, 4.0, f"phrase {i}", True) for i in range(4)]  # all kept
         replies = await exchange(front, sent)
@@ -189,7 +190,7 @@ def test_late_video_keeps_the_newest_frame_audio_drops_the_oldest_text_drops_not
     assert isinstance(closed, p.Closed) and closed.stats["drops_video"] == 4 and closed.stats["drops_audio"] == 3
     kinds = [m for m, _ in slow.seen]
     assert kinds == ["video", "video", "audio", "audio", "audio", "text", "text", "text", "text"]
-    assert slow.seen[1][1] == jpeg[:2] + bytes([4]) * 16  # the newest frame
+    assert slow.seen[1][1] == header + bytes([4]) * 16  # the newest frame
     assert [int(chunk.samples[0]) for m, chunk in slow.seen if m == "audio"] == [3, 4, 5]  # the newest audio
 
 

@@ -11,7 +11,10 @@ from hypothesis import strategies as st
 from grf_stream import protocol as p
 
 ADDRESS = {"v": 1, "session": "cam-7", "seq": 12, "ts": 1718.25}
-JPEG = b"\xff\xd8\xff\xe0 not a whole JPEG: the server decodes it later"
+# A JPEG's start and frame header (SOF0: 8-bit, 2 rows, 4 columns, 3 components), then not a whole JPEG:
+# the server decodes it later.
+JPEG_HEADER = b"\xff\xd8\xff\xc0\x00\x11\x08\x00\x02\x00\x04\x03" + bytes(9)
+JPEG = JPEG_HEADER + b" the rest of the file"
 PCM = np.arange(-4, 4, dtype="<i2").tobytes()
 FEATURES = np.arange(6, dtype="<f4").tobytes()  # shape [3, 2]
 
@@ -203,7 +206,7 @@ BAD = [
     ("modality twice", {**VALID["hello"], "modalities": ["a", "a"]}, p.BAD_FIELD, ["['a', 'a']", "once"]),
     ("modality blank", {**VALID["hello"], "modalities": [""]}, p.BAD_FIELD, ["modalities entry ''", "non-empty"]),
     ("window policy", {**VALID["hello"], "window": "sliding"}, p.BAD_FIELD, ["'sliding'", "'segment', 'window'"]),
-    ("window_s zero", {**VALID["hello"], "window_s": 0}, p.BAD_FIELD, ["window_s 0", "0 < window_s <= 60"]),
+    ("window_s zero", {**VALID["hello"], "window_s": 0}, p.BAD_FIELD, ["window_s 0", "0.03333 <= window_s <= 60"]),
     ("window_s bool", {**VALID["hello"], "window_s": True}, p.BAD_FIELD, ["window_s True (bool)", "number"]),
     ("carry_context int", {**VALID["hello"], "carry_context": 1}, p.BAD_FIELD, ["carry_context 1", "true or false"]),
     ("hello rate", {**VALID["hello"], "sample_rate": 96000}, p.BAD_FIELD, ["96000", "8000-48000 Hz"]),
@@ -217,7 +220,7 @@ BAD = [
     ("text empty", {**VALID["text"], "text": ""}, p.BAD_FIELD, ["text ''", "non-space character"]),
     ("text blank", {**VALID["text"], "text": " \n\t"}, p.BAD_FIELD, ["text ' \\n\\t'", "non-space character"]),
     ("text bytes", {**VALID["text"], "text": b"hi"}, p.BAD_FIELD, ["<2 bytes>", "send a str"]),
-    ("text too long", {**VALID["text"], "text": "a" * 10_001}, p.TOO_LARGE, ["at most 10000 characters"]),
+    ("text too long", {**VALID["text"], "text": "a" * 2_001}, p.TOO_LARGE, ["at most 2000 characters"]),
     ("final str", {**VALID["text"], "final": "yes"}, p.BAD_FIELD, ["final 'yes'", "true or false"]),
     ("jpeg no magic", {**VALID["video_jpeg"], "jpeg": b"\x89PNG...."}, p.BAD_FIELD, ["<8 bytes>", "FF D8"]),
     ("jpeg empty", {**VALID["video_jpeg"], "jpeg": b""}, p.BAD_FIELD, ["<0 bytes>", "FF D8"]),
@@ -282,6 +285,29 @@ def test_limits_are_the_callers():
     assert rejection(pack(VALID["video_raw"]), limits).code == p.TOO_LARGE
     assert p.decode(pack(VALID["audio"]), p.Limits(min_sample_rate=16000, max_sample_rate=16000))
     assert rejection(pack(VALID["audio"]), p.Limits(max_sample_rate=8000)).message.endswith("8000-8000 Hz (an int)")
+
+
+def test_a_jpeg_is_sized_by_its_header_before_anything_is_decoded():
+    bomb = JPEG_HEADER[:7] + (8000).to_bytes(2, "big") + (8000).to_bytes(2, "big") + JPEG_HEADER[11:]  # 629 B, 8000x8000
+    error = rejection(pack({**VALID["video_jpeg"], "jpeg": bomb}))
+    assert (error.code, error.session, error.seq) == (p.TOO_LARGE, "cam-7", 12)
+    assert "8000x8000" in error.message and "up to 4096" in error.message
+    assert p.jpeg_size(JPEG) == (2, 4)
+    headless = b"\xff\xd8" + bytes(5) + JPEG_HEADER[2:]  # junk first: a decoder might skip it and find the header
+    assert rejection(pack({**VALID["video_jpeg"], "jpeg": headless})).code == p.BAD_FIELD
+
+
+def test_real_jpegs_are_sized_as_encoded():
+    import cv2
+
+    for flags in ([], [cv2.IMWRITE_JPEG_PROGRESSIVE, 1]):
+        data = cv2.imencode(".jpg", np.zeros((360, 480, 3), np.uint8), flags)[1].tobytes()
+        assert p.jpeg_size(data) == (360, 480)
+
+
+def test_window_s_is_bounded_below_by_one_video_frame():
+    assert rejection(pack({**VALID["hello"], "window_s": 1e-300})).code == p.BAD_FIELD
+    assert p.decode(pack({**VALID["hello"], "window_s": 1 / 30})).window_s == 1 / 30
 
 
 def test_decode_takes_bytes_only():

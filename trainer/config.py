@@ -26,10 +26,15 @@ class OptimConfig:
     """Maximum gradient norm (0 = no clipping)."""
     batch_size: int = 32
     """Samples per step on each worker."""
+    ema: float = 0.0
+    """Decay of an exponential moving average of the weights, updated after every step; when set,
+    the average is what is evaluated, chosen and saved (0 = off; 0.99 averages about 100 steps)."""
 
     def __post_init__(self) -> None:
         if self.lr <= 0 or self.min_lr < 0 or self.batch_size <= 0 or self.warmup_epochs < 0:
             raise ValueError("optim: lr and batch_size must be positive, min_lr and warmup_epochs >= 0")
+        if not 0 <= self.ema < 1:
+            raise ValueError(f"optim.ema={self.ema}: give a decay in [0, 1), e.g. 0.99, or 0 for none")
 
 
 @dataclass

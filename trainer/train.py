@@ -24,6 +24,7 @@ import ray.train
 import ray.train.torch
 import torch
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from torch.utils.data import DataLoader, DistributedSampler
 
 from grf_stream.checkpoint import load_model, read_checkpoint, save_checkpoint
@@ -123,8 +124,8 @@ def seed_epoch(seed: int, epoch: int, rank: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 7_919 + epoch * 31 + rank)
 
 
-def train_epoch(module, model, loader, streams: list[StreamBatch], optimizer, config: TrainConfig, epoch: int,
-                rank: int, device):
+def train_epoch(module, model, loader, streams: list[StreamBatch], optimizer, average, config: TrainConfig,
+                epoch: int, rank: int, device):
     """One pass over this worker's shard, its stream batches spread evenly between the utterance
     batches; (mean loss, metrics of the training predictions of the utterance batches)."""
     regime, generator = config.train, seed_epoch(config.train.seed, epoch, rank)
@@ -139,19 +140,19 @@ def train_epoch(module, model, loader, streams: list[StreamBatch], optimizer, co
         order = batch_order(config.model.order, regime, regime.seed, epoch, index)
         out = module(fusion_steps(batch, order, batch_windows(regime, regime.seed, epoch, index)))
         where = f"epoch {epoch + 1}, training batch {index + 1} (samples {', '.join(batch.ids[:3])}, ...)"
-        losses.append(optimise(loss(out, batch.labels, regime), model, optimizer, config, where))
+        losses.append(optimise(loss(out, batch.labels, regime), model, optimizer, average, config, where))
         predictions.append(out.prediction.detach().cpu())
         labels.append(batch.labels.cpu())
         while next_stream < (index + 1) * len(streams) // len(loader):  # all of them by the last batch
             stream = streams[next_stream].to(device)
             where = f"epoch {epoch + 1}, stream batch {next_stream + 1}"
-            losses.append(optimise(stream_loss(module(stream.steps), stream, regime.streams), model, optimizer, config,
-                                   where))
+            losses.append(optimise(stream_loss(module(stream.steps), stream, regime.streams), model, optimizer,
+                                   average, config, where))
             next_stream += 1
     return float(np.mean(losses)), sentiment_metrics(torch.cat(predictions), torch.cat(labels))
 
 
-def optimise(batch_loss: torch.Tensor, model: GRF, optimizer, config: TrainConfig, where: str) -> float:
+def optimise(batch_loss: torch.Tensor, model: GRF, optimizer, average, config: TrainConfig, where: str) -> float:
     """One optimiser step on a batch's loss; the loss as a number. A non-finite loss stops the run:
     a step on it would spoil every weight, and every checkpoint after it."""
     if not torch.isfinite(batch_loss):
@@ -162,16 +163,33 @@ def optimise(batch_loss: torch.Tensor, model: GRF, optimizer, config: TrainConfi
     if config.optim.grad_clip:
         nn.utils.clip_grad_norm_(model.parameters(), config.optim.grad_clip)
     optimizer.step()
+    if average is not None:
+        average.update_parameters(model)
     return batch_loss.item()
 
 
-def restore(path: str | None, model: GRF, optimizer) -> Progress:
+def weight_average(model: GRF, decay: float) -> AveragedModel | None:
+    """The exponential moving average of the weights (optim.ema), or None when it is off."""
+    if not decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
+def served(model: GRF, average: AveragedModel | None) -> GRF:
+    """The weights that are evaluated, chosen and saved: the average when there is one."""
+    return average.module if average is not None else model
+
+
+def restore(path: str | None, model: GRF, optimizer, average: AveragedModel | None) -> Progress:
     if not path:
         return Progress()
     payload = read_checkpoint(path)
-    model.load_state_dict(payload["model_state"])
-    optimizer.load_state_dict(payload["training_state"]["optimizer"])
-    return Progress(**payload["training_state"]["progress"])
+    state = payload["training_state"]
+    model.load_state_dict(state["model"] if "model" in state else payload["model_state"])
+    optimizer.load_state_dict(state["optimizer"])
+    if average is not None:
+        average.load_state_dict(state["average"])
+    return Progress(**state["progress"])
 
 
 def train_func(loop_config: dict) -> None:
@@ -189,7 +207,8 @@ def train_func(loop_config: dict) -> None:
     if config.model.feature_norm:
         set_feature_statistics(model, first_epoch)
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
-    progress = restore(loop_config.get("resume_from"), model, optimizer)
+    average = weight_average(model, config.optim.ema)
+    progress = restore(loop_config.get("resume_from"), model, optimizer, average)
     # Wraps in DDP when there are several workers; missing modalities leave some weights unused.
     module = ray.train.torch.prepare_model(StepsModule(model), parallel_strategy_kwargs={"find_unused_parameters": True})
     sampler = DistributedSampler(SentimentDataset(first_epoch), world, rank, shuffle=True, seed=config.train.seed)
@@ -205,10 +224,12 @@ def train_func(loop_config: dict) -> None:
             group["lr"] = lr
         sampler.dataset.samples = data.train(epoch)
         streams = data.stream_batches(epoch, rank, len(loader))
-        train_loss, train_metrics = train_epoch(module, model, loader, streams, optimizer, config, epoch, rank, device)
+        train_loss, train_metrics = train_epoch(module, model, loader, streams, optimizer, average, config, epoch, rank,
+                                                device)
         samples_per_s = len(sampler.dataset) / (time.perf_counter() - started)  # all workers together
-        evaluations = {split: evaluate(model, data.evaluated[split], config, device, split) for split in ("valid", "test")}
-        live = live_metrics(data.live_valid, replay(model, data.live_valid, device)) if data.live_valid else {}
+        judged = served(model, average)
+        evaluations = {split: evaluate(judged, data.evaluated[split], config, device, split) for split in ("valid", "test")}
+        live = live_metrics(data.live_valid, replay(judged, data.live_valid, device)) if data.live_valid else {}
         score = selection_score(evaluations["valid"].metrics, live, config)
         improved = score < progress.best_mae
         progress = Progress(epoch + 1, min(progress.best_mae, score), 0 if improved else progress.bad_epochs + 1)
@@ -218,7 +239,7 @@ def train_func(loop_config: dict) -> None:
         checkpoint = None
         if rank == 0:
             record = EpochRecord(epoch, lr, train_loss, train_metrics, samples_per_s, evaluations, improved, live)
-            checkpoint = save_and_log(record, model, optimizer, progress, spec, config, board)
+            checkpoint = save_and_log(record, model, optimizer, average, progress, spec, config, board)
             print_epoch(record, config, time.perf_counter() - started)
         ray.train.report(report, checkpoint=checkpoint)
         epochs_this_run += 1
@@ -250,16 +271,20 @@ class EpochRecord:
     live: dict[str, float]  # the live replay of the validation videos; empty without streams
 
 
-def save_and_log(record: EpochRecord, model, optimizer, progress: Progress, spec, config: TrainConfig,
+def save_and_log(record: EpochRecord, model, optimizer, average, progress: Progress, spec, config: TrainConfig,
                  board: TrainingBoard) -> ray.train.Checkpoint:
-    """best.pt when validation improved, last.pt always, TensorBoard; the checkpoint for Ray."""
+    """best.pt when validation improved, last.pt always (the served weights: the average when there
+    is one; the raw weights and the average ride along to resume from), TensorBoard; the checkpoint
+    for Ray."""
     folder, run_config = run_dir(config) / "checkpoints", to_dict(config)
     metrics = {"epoch": record.epoch, "train_loss": record.train_loss, **record.evaluations["valid"].metrics,
                **{f"live_{k}": v for k, v in record.live.items()}}
     if record.improved:
-        save_checkpoint(folder / "best.pt", model, spec, run_config, metrics)
+        save_checkpoint(folder / "best.pt", served(model, average), spec, run_config, metrics)
     training_state = {"optimizer": optimizer.state_dict(), "progress": vars(progress)}
-    save_checkpoint(folder / "last.pt", model, spec, run_config, metrics, training_state)
+    if average is not None:
+        training_state |= {"model": model.state_dict(), "average": average.state_dict()}
+    save_checkpoint(folder / "last.pt", served(model, average), spec, run_config, metrics, training_state)
     board.epoch(record.epoch, record.train_loss, record.lr, record.samples_per_s, record.train_metrics,
                 record.evaluations, record.live)
     # Ray keeps a copy in its run storage (shared storage on a cluster) and hands it to fit()'s result.

@@ -217,7 +217,8 @@ def test_a_jpeg_that_does_not_decode_gets_an_error_and_the_session_goes_on(serve
         sock.linger = 0
         sock.connect(server)
         sock.send(p.encode(p.Hello("bad-jpeg", 0, 0.0, ["video", "text"], "window")))
-        sock.send(p.encode(p.Video("bad-jpeg", 1, 0.1, b"\xff\xd8 this is not a picture")))
+        header = b"\xff\xd8\xff\xc0\x00\x11\x08\x00\x02\x00\x04\x03" + bytes(9)  # a JPEG's frame header
+        sock.send(p.encode(p.Video("bad-jpeg", 1, 0.1, header + b" this is not a picture")))
         sock.send(p.encode(p.Text("bad-jpeg", 2, 0.2, "still here", True)))
         replies = []
         while len(replies) < 3 and sock.poll(60_000):
@@ -299,3 +300,25 @@ def test_two_test_videos_streamed_as_features_get_the_live_reports_predictions(s
     for stream, values in zip(streams, expected):
         assert len(served[stream.name]) == len(stream.steps) > 100
         np.testing.assert_allclose(served[stream.name], values, atol=1e-4, rtol=0)
+
+
+def test_a_message_over_the_limit_is_answered_and_its_connection_and_session_survive(server):
+    import numpy as np
+    import zmq
+
+    from grf_stream import protocol as p
+
+    with zmq.Context() as context:
+        sock = context.socket(zmq.DEALER)
+        sock.linger = 0
+        sock.connect(server)
+        sock.send(p.encode(p.Hello("big", 0, 0.0, ["audio", "text"], "window")))
+        sock.send(p.encode(p.Features("big", 1, 0.1, "audio", np.zeros((90_000, 26), np.float32), None)))  # 9.4 MB
+        sock.send(p.encode(p.Text("big", 2, 0.2, "still here", True)))
+        replies = []
+        while len(replies) < 3 and sock.poll(60_000):
+            replies.append(p.decode_reply(sock.recv()))
+        sock.close()
+    assert [type(r) for r in replies] == [p.Welcome, p.Error, p.Prediction], replies
+    assert replies[1].code == p.TOO_LARGE and "8388608" in replies[1].message
+    assert replies[2].session == "big" and replies[2].seq == 2

@@ -53,6 +53,17 @@ def test_same_seed_same_metrics_and_resume_ends_where_a_whole_run_ends(tmp_path)
     assert resumed == whole
 
 
+def test_the_weight_average_is_what_is_chosen_and_saved_and_resumes_exactly(tmp_path):
+    whole = metrics(run(tmp_path, "ema", "optim.ema=0.9"))
+    run(tmp_path, "ema-interrupted", "optim.ema=0.9", "train.stop_after=2")
+    resumed = metrics(run(tmp_path, "ema-interrupted", "optim.ema=0.9", resume=True))
+    assert resumed == whole
+    last = torch.load(tmp_path / "ema" / "checkpoints" / "last.pt", weights_only=False)
+    served, raw, average = last["model_state"], last["training_state"]["model"], last["training_state"]["average"]
+    assert all(torch.equal(served[k], average[f"module.{k}"]) for k in served)  # the average is what is served
+    assert any(not torch.equal(served[k], raw[k]) for k in raw)  # and it is not the last step's weights
+
+
 def test_refuses_to_overwrite_a_run_and_to_resume_nothing(tmp_path):
     with pytest.raises(SystemExit, match="no .* to resume from"):
         run(tmp_path, "nothing", resume=True)
