@@ -371,7 +371,8 @@ class GRF(nn.Module):
         def fuse(context: Tensor, p: Tensor, mask: Tensor) -> Tensor:
             return self._fuse_encoded(context, None, p, mask, modality)[0]
 
-        return self.start(self.encode(x, modality), self._mask(x, mask), fuse)
+        mask = self._mask(x, mask)
+        return self.start(self.encode(self._zero_padding(x, mask), modality), mask, fuse)
 
     def fuse_step(
         self, context: Tensor, x: Tensor, mask: Tensor | None, modality: str, context_mask: Tensor | None = None
@@ -380,7 +381,9 @@ class GRF(nn.Module):
 
         A sample whose window has no real step keeps its context, and its gate is 0.
         """
-        return self._fuse_encoded(context, context_mask, self.encode(x, modality), self._mask(x, mask), modality)
+        mask = self._mask(x, mask)
+        return self._fuse_encoded(context, context_mask, self.encode(self._zero_padding(x, mask), modality), mask,
+                                  modality)
 
     def predict(self, context: Tensor, context_mask: Tensor | None = None) -> Tensor:
         """(9): the sentiment read from a context, (B,)."""
@@ -463,6 +466,12 @@ class GRF(nn.Module):
         if mask.shape != x.shape[:2] or mask.dtype != torch.bool:
             raise ValueError(f"mask {tuple(mask.shape)} {mask.dtype}: expected bool {tuple(x.shape[:2])}")
         return mask
+
+    @staticmethod
+    def _zero_padding(x: Tensor, mask: Tensor) -> Tensor:
+        """Padded steps as zeros: whatever they held (even NaN) must not reach a real output, and a
+        masked attention weight of 0 times NaN is still NaN."""
+        return x.masked_fill(~mask.unsqueeze(-1), 0.0)
 
     @staticmethod
     def _state_tokens(context: Tensor, context_mask: Tensor | None) -> tuple[Tensor, Tensor]:

@@ -114,6 +114,17 @@ def test_padding_further_never_changes_any_output(variant):
     assert_close(padded.gates, out.gates)
 
 
+@pytest.mark.parametrize("variant", [{}, RELEASED, LIVE], ids=["grf", "released", "live"])
+def test_nan_or_inf_in_padded_steps_never_reaches_an_output(variant):
+    model = make_model(**variant)
+    features, masks = make_inputs()
+    out = model(features, masks)
+    padded, padded_masks = pad(features, masks, extra=5)
+    poisoned = {m: torch.where(padded_masks[m].unsqueeze(-1), x, torch.tensor(float("nan"))) for m, x in padded.items()}
+    poisoned["audio"][:, -1] = float("inf")
+    assert_close(model(poisoned, padded_masks).step_predictions, out.step_predictions)
+
+
 def test_a_sample_without_data_for_a_modality_keeps_its_context():
     model = make_model()
     features, masks = make_inputs()
