@@ -20,7 +20,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from grf_stream.default_model import load_serving_model
-from grf_stream.fusion import FusionService, FusionState, StepRequest, StepResult, UnknownSession
+from grf_stream.serving.engine import FusionService, FusionState, StepRequest, StepResult, UnknownSession
 
 ACTOR_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
 
@@ -43,7 +43,7 @@ def start_fusion_actors(checkpoint: str | Path | None, shards: int, use_gpu: boo
 
 
 class RayFusion:
-    """The front-end's fusion backend over Ray actors (see `grf_stream.frontend.FusionBackend`)."""
+    """The front-end's fusion backend over Ray actors (see `grf_stream.serving.frontend.FusionBackend`)."""
 
     def __init__(self, checkpoint: str | Path | None, shards: int, use_gpu: bool,
                  copies: Callable[[int], dict[str, FusionState]], restart_timeout_s: float = 60):

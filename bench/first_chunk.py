@@ -34,9 +34,9 @@ import zmq.asyncio
 
 from report import command_line, cpu_name, write_section
 from serve_latency import free_port
-from grf_stream import protocol as p
 from grf_stream.client import SAMPLE_RATE, pcm16_at
 from grf_stream.features.media import read_audio, video_frames
+from grf_stream.serving import protocol as p
 
 ROOT = Path(__file__).resolve().parents[1]
 CLIP = ROOT.parent / "shared" / "data" / "media" / "Oz06ZWiO20M_6.mp4"

@@ -27,10 +27,10 @@ import numpy as np
 import torch
 
 from report import command_line, cpu_name, write_section
-from grf_stream import protocol as p
-from grf_stream.fusion import FusionService, StepRequest
 from grf_stream.default_model import load_serving_model
 from grf_stream.model import GRF
+from grf_stream.serving import protocol as p
+from grf_stream.serving.engine import FusionService, StepRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 PERIOD_S = 0.1  # each session sends a step every 100 ms

@@ -12,8 +12,8 @@ from typing import Any
 import torch
 
 from grf_stream.config import from_dict, to_dict
-from grf_stream.data.store import FeatureSpec
 from grf_stream.model import GRF, GRFConfig
+from grf_stream.spec import FeatureSpec
 
 FORMAT, VERSION = "grf-stream-checkpoint", 1
 

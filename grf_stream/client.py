@@ -31,7 +31,7 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from grf_stream import protocol as p
+from grf_stream.serving import protocol as p
 
 DEMO = Path(__file__).parent / "demo"  # a public-domain speech and its transcript (demo/README.md)
 FRAME_RATE = 30.0

@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 
 from grf_stream.checkpoint import load_model, read_checkpoint, save_checkpoint
-from grf_stream.data.store import FeatureSpec
 from grf_stream.model import GRF, GRFConfig
+from grf_stream.spec import FeatureSpec
 
 SHIPPED = Path(__file__).parent / "models" / "default.pt"
 

@@ -5,7 +5,7 @@
     python -m grf_stream.serve --config configs/serve/local.yaml port=5600 fusion_actors=2
 
 One ZeroMQ ROUTER socket on 127.0.0.1 (by default) takes msgpack messages from any number of
-clients (grf_stream/protocol.py); fusion runs in Ray actors, on the GPU when there is one. Every
+clients (grf_stream/serving/protocol.py); fusion runs in Ray actors, on the GPU when there is one. Every
 `stats_every_s` the server writes TensorBoard scalars (step latency p50/p99, steps per second,
 active sessions, errors, dropped chunks, mean gate per modality) to `tensorboard_dir`.
 """
@@ -24,12 +24,12 @@ import ray
 import zmq
 import zmq.asyncio
 
-from grf_stream import protocol as p
 from grf_stream.config import load_config
-from grf_stream.data.store import FeatureSpec
 from grf_stream.default_model import load_serving_model
-from grf_stream.features import EXTRACTORS, FeatureSpecMismatch, feature_spec
-from grf_stream.frontend import FrontEnd, FrontEndConfig
+from grf_stream.features import EXTRACTORS, feature_spec
+from grf_stream.serving import protocol as p
+from grf_stream.serving.frontend import FrontEnd, FrontEndConfig
+from grf_stream.spec import FeatureSpec
 
 
 @dataclass
@@ -160,12 +160,9 @@ def secure(socket: zmq.asyncio.Socket, context: zmq.asyncio.Context, config: Ser
 
 
 def refuse_mismatched_features(spec: FeatureSpec, raw: list[str]) -> None:
-    """The checkpoint must have been trained on what these extractors produce."""
-    problems = FeatureSpec({m: spec.modalities[m] for m in raw}).mismatches(feature_spec(raw))
-    if problems:
-        raise FeatureSpecMismatch("checkpoint features (first) do not match this server's extractors (second): "
-                                  + "; ".join(problems) + ". Retrain on features of these extractors "
-                                  "(python -m grf_stream.extract), or serve with the extractor versions it was trained on")
+    """The checkpoint must have been trained on what these extractors produce (raw modalities only:
+    `features` messages bring their own)."""
+    FeatureSpec({m: spec.modalities[m] for m in raw}).check_produced_by(feature_spec(raw))
 
 
 async def serve(config: ServeConfig) -> None:

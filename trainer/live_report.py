@@ -33,9 +33,9 @@ from grf_stream.checkpoint import load_model
 from grf_stream.data import DataConfig, DistractorConfig, FeatureStore, load_distractors, load_split
 from grf_stream.data.streams import TEXT, MediaTrack, Stream, videos, whole_video
 from grf_stream.default_model import SHIPPED
-from grf_stream.fusion import FusionService, StepRequest
 from grf_stream.metrics import sentiment_metrics
 from grf_stream.model import GRF
+from grf_stream.serving.engine import FusionService, StepRequest
 from trainer.mosi_report import report_arguments
 
 WINDOW_S = 1.0  # the client's default --window-s

@@ -34,6 +34,7 @@ from grf_stream.data import (Distractors, FeatureStore, Sample, SentimentDataset
 from grf_stream.data.streams import MediaTrack, StreamBatch, videos, whole_video
 from grf_stream.metrics import sentiment_metrics
 from grf_stream.model import GRF
+from grf_stream.spec import SPLITS
 from trainer.board import TrainingBoard
 from trainer.config import TrainConfig
 from trainer.evaluate import Evaluation, evaluate_model
@@ -41,7 +42,6 @@ from trainer.live_report import live_metrics, replay
 from trainer.steps import (batch_order, batch_windows, fusion_steps, hide_modalities, learning_rate, loss, stream_batch,
                            stream_loss)
 
-SPLITS = ("train", "valid", "test")
 
 
 class StepsModule(nn.Module):

@@ -7,8 +7,9 @@ from dataclasses import dataclass, field
 from grf_stream.data.distractors import EVALUATION, DistractorConfig, Distractors, pair_split
 from grf_stream.data.pickles import load_mmsa, load_mult
 from grf_stream.data.samples import Batch, Sample, SentimentDataset, check_sizes, collate, with_absent
-from grf_stream.data.store import FeatureSpec, FeatureStore, ModalitySpec
+from grf_stream.data.store import FeatureStore
 from grf_stream.data.synthetic import SyntheticConfig, generate
+from grf_stream.spec import FeatureSpec, ModalitySpec
 
 FORMATS = ("mult", "mmsa", "store", "synthetic")
 

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from grf_stream.data.samples import Sample, no_data
-from grf_stream.data.store import FeatureSpec, sample_from_arrays
+from grf_stream.data.store import sample_from_arrays
+from grf_stream.spec import FeatureSpec
 
 EVALUATION = 1_000_000  # the "epoch" of validation and test windows: the same every epoch and in trainer.evaluate
 
@@ -68,7 +69,9 @@ class Distractors:
     @classmethod
     def from_media(cls, config: DistractorConfig) -> "Distractors":
         """Extract every recording under config.media with the server's extractor classes."""
-        from grf_stream.features import feature_spec  # features import the data package: import here
+        # Here, not at the top: the extractors' libraries (OpenCV, librosa, transformers) load only when
+        # distractor recordings are used, so the data package imports on a machine without them.
+        from grf_stream.features import feature_spec
         from grf_stream.features.media import AUDIO_SUFFIXES, VIDEO_SUFFIXES
         from grf_stream.features.offline import SampleExtractor, SampleJob
 

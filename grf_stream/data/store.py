@@ -18,53 +18,12 @@ from __future__ import annotations
 
 import csv
 import json
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from grf_stream.data.samples import Sample, no_data
-
-FORMAT, FORMAT_VERSION = "grf-feature-store", 1
-SPLITS = ("train", "valid", "test")
-
-
-@dataclass(frozen=True)
-class ModalitySpec:
-    """What produced one modality's features."""
-
-    extractor: str  # e.g. "minilm-l6-tokens"
-    version: str  # bumped whenever the extractor's output changes
-    size: int  # feature size d_m
-    rate: float  # feature frames per second of media (0 for text: one row per token)
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    """The extractor, version, size and rate of every modality: the train/serve contract."""
-
-    modalities: dict[str, ModalitySpec] = field(default_factory=dict)
-
-    def to_dict(self) -> dict:
-        return {"format": FORMAT, "version": FORMAT_VERSION, "modalities": {m: asdict(s) for m, s in self.modalities.items()}}
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "FeatureSpec":
-        if data.get("format") != FORMAT or data.get("version") != FORMAT_VERSION:
-            raise ValueError(f"not a {FORMAT} v{FORMAT_VERSION} spec: format={data.get('format')!r} version={data.get('version')!r}")
-        return cls({m: ModalitySpec(**s) for m, s in data["modalities"].items()})
-
-    def sizes(self) -> dict[str, int]:
-        return {m: s.size for m, s in self.modalities.items()}
-
-    def mismatches(self, other: "FeatureSpec") -> list[str]:
-        """Human-readable differences between two specs (empty when they agree)."""
-        problems = []
-        for m in sorted(set(self.modalities) | set(other.modalities)):
-            mine, theirs = self.modalities.get(m), other.modalities.get(m)
-            if mine != theirs:
-                problems.append(f"{m}: {mine} vs {theirs}")
-        return problems
+from grf_stream.spec import SPLITS, FeatureSpec, ModalitySpec
 
 
 class FeatureStore:

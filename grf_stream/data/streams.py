@@ -83,7 +83,7 @@ class MediaTrack:
         self.masks = {m: np.concatenate([k for _, k in distractors.sequences[m]]) for m in self.modalities}
 
     def window_rows(self, modality: str, window_s: float) -> int:
-        """Rows in one window: the server's rule (grf_stream/frontend.py, on_rows)."""
+        """Rows in one window: the server's rule (grf_stream/serving/frontend.py, on_rows)."""
         return max(1, round(window_s * self.rates[modality]))
 
     def cut(self, modality: str, start: int, size: int) -> tuple[np.ndarray, np.ndarray]:

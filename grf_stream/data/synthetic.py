@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from grf_stream.data.samples import Sample
-from grf_stream.data.store import FeatureSpec, FeatureStore, ModalitySpec
+from grf_stream.data.store import FeatureStore
+from grf_stream.spec import SPLITS, FeatureSpec, ModalitySpec
 
-SPLITS = ("train", "valid", "test")
 # Unaligned CMU-MOSI shapes: MulT's GloVe/COVAREP/FACET, and MMSA's BERT text.
 MULT_SHAPES = {"text": (50, 300), "audio": (375, 5), "vision": (500, 20)}
 MMSA_SHAPES = {"text": (50, 768), "audio": (375, 5), "vision": (500, 20)}

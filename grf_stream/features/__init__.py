@@ -9,12 +9,11 @@ See base.py for the interface, and text.py, audio.py, video.py for what each one
 
 from __future__ import annotations
 
-from grf_stream.data.store import FeatureSpec
 from grf_stream.features.audio import AudioChunk, AudioExtractor
 from grf_stream.features.base import DEFAULT_SESSION, Extractor
-from grf_stream.features.spec import FeatureSpecMismatch, check_spec, spec_of
 from grf_stream.features.text import TextExtractor
 from grf_stream.features.video import VideoExtractor, stored_mask
+from grf_stream.spec import FeatureSpec
 
 EXTRACTORS: dict[str, type[Extractor]] = {"text": TextExtractor, "audio": AudioExtractor, "video": VideoExtractor}
 MODALITIES = tuple(EXTRACTORS)
@@ -38,6 +37,6 @@ def feature_spec(modalities=MODALITIES) -> FeatureSpec:
 
 
 __all__ = [
-    "AudioChunk", "AudioExtractor", "DEFAULT_SESSION", "EXTRACTORS", "Extractor", "FeatureSpecMismatch", "MODALITIES",
-    "TextExtractor", "VideoExtractor", "build_extractors", "check_spec", "feature_spec", "spec_of", "stored_mask",
+    "AudioChunk", "AudioExtractor", "DEFAULT_SESSION", "EXTRACTORS", "Extractor", "MODALITIES",
+    "TextExtractor", "VideoExtractor", "build_extractors", "feature_spec", "stored_mask",
 ]

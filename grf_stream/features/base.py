@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from grf_stream.data.store import ModalitySpec
+from grf_stream.spec import ModalitySpec
 
 DEFAULT_SESSION = "default"
 _whole_media = itertools.count()  # private session ids for extract_all

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from grf_stream.data.store import SPLITS
 from grf_stream.features import build_extractors, feature_spec
 from grf_stream.features.media import AUDIO_SUFFIXES, VIDEO_SUFFIXES, read_audio, video_frames
+from grf_stream.spec import SPLITS
 
 SPLIT_NAMES = {"train": "train", "valid": "valid", "val": "valid", "validation": "valid", "dev": "valid", "test": "test"}
 VIDEO_BATCH = 32  # frames per extract call: bounds memory on long videos, same features as one call

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import zmq
 
-from grf_stream import protocol as p
 from grf_stream.client import use_curve
 from grf_stream.keys import make_keys
+from grf_stream.serving import protocol as p
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -10,11 +10,11 @@ from torch.testing import assert_close
 
 from actors.extractors import RayExtractors, start_extractor_pools
 from actors.fusion import RayFusion
-from grf_stream import protocol as p
 from grf_stream.checkpoint import save_checkpoint
-from grf_stream.data.store import FeatureSpec, ModalitySpec
-from grf_stream.frontend import FrontEnd, FrontEndConfig
 from grf_stream.model import GRF, GRFConfig
+from grf_stream.serving import protocol as p
+from grf_stream.serving.frontend import FrontEnd, FrontEndConfig
+from grf_stream.spec import FeatureSpec, ModalitySpec
 
 SIZES = {"text": 384, "audio": 5, "video": 8}
 ORDER = ["audio", "video", "text"]

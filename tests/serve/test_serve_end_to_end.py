@@ -210,7 +210,7 @@ def test_client_stats_prints_the_live_numbers(server):
 def test_a_jpeg_that_does_not_decode_gets_an_error_and_the_session_goes_on(server):
     import zmq
 
-    from grf_stream import protocol as p
+    from grf_stream.serving import protocol as p
 
     with zmq.Context() as context:
         sock = context.socket(zmq.DEALER)
@@ -253,7 +253,7 @@ def stream_as_features(server, streams, timeout_s=120):
     prediction after every step, per stream."""
     import zmq
 
-    from grf_stream import protocol as p
+    from grf_stream.serving import protocol as p
 
     predictions = {s.name: [] for s in streams}
     with zmq.Context() as context:
@@ -306,7 +306,7 @@ def test_a_message_over_the_limit_is_answered_and_its_connection_and_session_sur
     import numpy as np
     import zmq
 
-    from grf_stream import protocol as p
+    from grf_stream.serving import protocol as p
 
     with zmq.Context() as context:
         sock = context.socket(zmq.DEALER)

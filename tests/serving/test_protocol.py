@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from grf_stream import protocol as p
+from grf_stream.serving import protocol as p
 
 ADDRESS = {"v": 1, "session": "cam-7", "seq": 12, "ts": 1718.25}
 # A JPEG's start and frame header (SOF0: 8-bit, 2 rows, 4 columns, 3 components), then not a whole JPEG:

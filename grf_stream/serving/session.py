@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from grf_stream import protocol as p
-from grf_stream.fusion import FusionState, StepResult
+from grf_stream.serving import protocol as p
+from grf_stream.serving.engine import FusionState, StepResult
 
 
 @dataclass

@@ -1,12 +1,12 @@
-"""The fusion engine without Ray: served predictions equal GRF.forward, sessions stay apart."""
+"""The fusion engine (grf_stream/serving/engine.py) without Ray: served predictions equal GRF.forward, sessions stay apart."""
 
 import numpy as np
 import pytest
 import torch
 from torch.testing import assert_close
 
-from grf_stream.fusion import FusionService, FusionState, StepRequest
 from grf_stream.model import GRF, GRFConfig
+from grf_stream.serving.engine import FusionService, FusionState, StepRequest
 
 SIZES = {"text": 12, "audio": 5, "vision": 8}
 

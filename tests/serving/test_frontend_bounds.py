@@ -4,8 +4,8 @@ import asyncio
 
 import numpy as np
 
-from grf_stream import protocol as p
-from grf_stream.fusion import StepRequest
+from grf_stream.serving import protocol as p
+from grf_stream.serving.engine import StepRequest
 from test_frontend import SIZES, Clock, exchange, features, hello, make_frontend, run
 
 JPEG_HEADER = b"\xff\xd8\xff\xc0\x00\x11\x08\x00\x02\x00\x04\x03" + bytes(9)  # a JPEG's frame header: 4x2

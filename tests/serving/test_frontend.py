@@ -7,10 +7,10 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from grf_stream import protocol as p
-from grf_stream.frontend import FrontEnd, FrontEndConfig
-from grf_stream.fusion import FusionService, LocalFusion
 from grf_stream.model import GRF, GRFConfig
+from grf_stream.serving import protocol as p
+from grf_stream.serving.engine import FusionService, LocalFusion
+from grf_stream.serving.frontend import FrontEnd, FrontEndConfig
 
 SIZES = {"text": 12, "audio": 5, "video": 8}
 

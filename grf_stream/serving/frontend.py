@@ -27,10 +27,10 @@ from typing import Any, Awaitable, Callable, Protocol
 
 import numpy as np
 
-from grf_stream import protocol as p
 from grf_stream.features.audio import AudioChunk
-from grf_stream.fusion import FusionState, StepRequest, StepResult
-from grf_stream.session import Session, message_bytes
+from grf_stream.serving import protocol as p
+from grf_stream.serving.engine import FusionState, StepRequest, StepResult
+from grf_stream.serving.session import Session, message_bytes
 
 
 class FusionBackend(Protocol):
