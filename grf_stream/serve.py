@@ -197,6 +197,10 @@ async def serve(config: ServeConfig) -> None:
     try:
         await Server(frontend, socket, config).run()
     finally:
+        frontend.shutdown()
+        while not frontend.outbox.empty():  # the send loop is gone: say the last words here
+            identity, message = frontend.outbox.get_nowait()
+            await socket.send_multipart([identity, p.encode(message)])
         if authenticator is not None:
             authenticator.stop()
         socket.close(linger=500)

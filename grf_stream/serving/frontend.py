@@ -332,6 +332,14 @@ class FrontEnd:
             worker.cancel()
         await self.queues[self.shard(session.id)].put(Control(close))
 
+    def shutdown(self) -> None:
+        """The server is stopping: every open session hears `closed` (server_shutdown), not silence."""
+        for session in list(self.sessions.values()):
+            session.closing = True
+            self.send(session.identity, p.Closed(session.id, session.last_seq, time.time(), "server_shutdown",
+                                                 dict(session.stats)))
+        self.sessions.clear()
+
     async def reap_idle(self) -> None:
         """Close the sessions that sent nothing for idle_timeout_s."""
         now = self.clock()

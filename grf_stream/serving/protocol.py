@@ -84,7 +84,7 @@ CODES: dict[str, str] = {
 }
 DECODE_CODES = frozenset({BAD_MSGPACK, BAD_VERSION, UNKNOWN_TYPE, MISSING_FIELD, BAD_FIELD, BAD_SHAPE,
                           BAD_DTYPE, NOT_FINITE, TOO_LARGE})
-CLOSE_REASONS = ("bye", "idle_timeout", "server_shutdown", "evicted")
+CLOSE_REASONS = ("bye", "idle_timeout", "server_shutdown")
 WINDOW_POLICIES = ("segment", "window")
 
 
