@@ -95,7 +95,7 @@ class Server:
             await self.frontend.reap_idle()
 
     async def run(self) -> None:
-        shards = [self.frontend.run_shard(i) for i in range(self.frontend.fusion.shards)]
+        shards = [self.frontend.batcher.run_shard(i) for i in range(self.frontend.fusion.shards)]
         board = StatsBoard(self.frontend, self.config)
         await asyncio.gather(self.receive(), self.send(), self.reap(), *shards, board.run())
 
@@ -177,7 +177,7 @@ async def serve(config: ServeConfig) -> None:
     frontend: FrontEnd | None = None
 
     def copies(shard: int):
-        return {s.id: s.state for s in frontend.sessions.values() if frontend.shard(s.id) == shard}
+        return {s.id: s.state for s in frontend.sessions.values() if frontend.batcher.shard(s.id) == shard}
 
     fusion = RayFusion(config.checkpoint or None, config.fusion_actors, config.use_gpu, copies)
     extractors = RayExtractors(start_extractor_pools(raw, config.extractors_per_modality)) if raw else None

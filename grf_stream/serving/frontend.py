@@ -10,9 +10,9 @@ messages directly ("these messages in, these out").
   transcript phrase, every `features` message).
 - Late data: a session keeps only its newest waiting video frame and a bounded queue of audio
   chunks (the oldest dropped); text is never dropped. Drops are counted per session.
-- Steps of all sessions are batched per fusion shard: a batch takes every step that queued while
-  the previous one ran (up to `max_batch`), so a lone step goes at once and a busy server batches;
-  `max_wait_ms` can hold a batch open longer to fill it.
+- Steps of all sessions go to the batcher (batcher.py), which fuses them batched per fusion shard
+  and hands each result back to `deliver`.
+- Every session is bounded: the messages and bytes waiting for its worker, the rows of a step.
 """
 
 from __future__ import annotations
@@ -20,28 +20,17 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import time
-import zlib
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Protocol
+from typing import Any, Callable, Protocol
 
 import numpy as np
 
 from grf_stream.features.audio import AudioChunk
 from grf_stream.serving import protocol as p
-from grf_stream.serving.engine import FusionState, StepRequest, StepResult
+from grf_stream.serving.batcher import Batcher, Control, FusionBackend
+from grf_stream.serving.engine import StepRequest, StepResult
 from grf_stream.serving.session import Session, message_bytes
-
-
-class FusionBackend(Protocol):
-    """Where fusion runs: `shards` independent services, a session always on the same one."""
-
-    shards: int
-
-    async def open(self, shard: int, session: str, state: FusionState | None) -> None: ...
-    async def step(self, shard: int, requests: list[StepRequest]) -> list[StepResult]: ...
-    async def end_segment(self, shard: int, session: str, carry_context: bool) -> None: ...
-    async def close(self, shard: int, session: str) -> None: ...
 
 
 class ExtractorBackend(Protocol):
@@ -65,13 +54,6 @@ class FrontEndConfig:
     limits: p.Limits = p.Limits()  # what a message and a step may hold; told to clients in welcome
 
 
-@dataclass
-class Control:
-    """Work that must run in order with a shard's steps (segment end, close)."""
-
-    run: Callable[[], Awaitable[None]]
-
-
 RAW = {p.Video: "video", p.Audio: "audio", p.Text: "text"}
 
 
@@ -86,16 +68,14 @@ class FrontEnd:
         self.sessions: dict[str, Session] = {}
         self.workers: dict[str, asyncio.Task] = {}
         self.outbox: asyncio.Queue[tuple[bytes, p.Message]] = asyncio.Queue()
-        self.queues = [asyncio.Queue(config.max_queued_steps) for _ in range(fusion.shards)]
+        self.batcher = Batcher(fusion, config.max_batch, config.max_wait_ms, config.max_queued_steps, clock,
+                               self.deliver, self.step_failed)
         # (session, seq, modality) -> (when its first window was queued, windows of it not yet answered):
         # one chunk can complete several windows, and each is timed from the same moment.
         self.received_at: dict[tuple[str, int, str], tuple[float, int]] = {}
         self.stats = {"steps": 0, "errors": 0, "drops": 0}
         self.gates: dict[str, list[float]] = {}  # modality -> mean gate of each fusion step, since the board read them
         self.recent: deque[tuple[float, float]] = deque(maxlen=10_000)  # (when, latency ms) of recent steps
-
-    def shard(self, session: str) -> int:
-        return zlib.crc32(session.encode()) % self.fusion.shards  # stable across restarts
 
     # -- messages in -------------------------------------------------------------------------
 
@@ -182,7 +162,7 @@ class FrontEnd:
     async def welcome(self, session: Session, seq: int) -> bool:
         """Open the session on the fusion side, then welcome it; False (and an error) if that failed."""
         try:
-            await self.fusion.open(self.shard(session.id), session.id, None)
+            await self.fusion.open(self.batcher.shard(session.id), session.id, None)
         except Exception as error:
             self.reply_error(session.identity, p.INTERNAL, f"the session could not be opened: {_cause(error)}. Send "
                              "hello again", session.id, seq)
@@ -309,16 +289,16 @@ class FrontEnd:
                 await self.submit(session, seq, modality, features, mask)
 
         async def end() -> None:
-            await self.fusion.end_segment(self.shard(session.id), session.id, session.carry_context)
+            await self.fusion.end_segment(self.batcher.shard(session.id), session.id, session.carry_context)
             session.end_segment()
 
-        await self.queues[self.shard(session.id)].put(Control(end))
+        await self.batcher.put(session.id, Control(end))
 
     async def close(self, session: Session, reason: str) -> None:
         """Stop taking the session's messages; it is closed once its queued steps are answered."""
         async def close() -> None:
             self.sessions.pop(session.id, None)
-            await self.fusion.close(self.shard(session.id), session.id)
+            await self.fusion.close(self.batcher.shard(session.id), session.id)
             if self.extractors is not None:
                 await self.extractors.close(session.id)
             self.send(session.identity, p.Closed(session.id, session.last_seq, time.time(), reason,
@@ -330,7 +310,7 @@ class FrontEnd:
         worker = self.workers.pop(session.id, None)
         if worker is not None and worker is not asyncio.current_task():
             worker.cancel()
-        await self.queues[self.shard(session.id)].put(Control(close))
+        await self.batcher.put(session.id, Control(close))
 
     def shutdown(self) -> None:
         """The server is stopping: every open session hears `closed` (server_shutdown), not silence."""
@@ -347,66 +327,14 @@ class FrontEnd:
         for session in idle:
             await self.close(session, "idle_timeout")
 
-    # -- batching ----------------------------------------------------------------------------
+    # -- steps ------------------------------------------------------------------------------
 
     async def submit(self, session: Session, seq: int, modality: str, features: np.ndarray, mask: np.ndarray) -> None:
         key = (session.id, seq, modality)
         queued_at, waiting = self.received_at.get(key, (self.clock(), 0))
         self.received_at[key] = (queued_at, waiting + 1)
         request = StepRequest(session.id, seq, modality, np.ascontiguousarray(features, np.float32), mask)
-        await self.queues[self.shard(session.id)].put(request)
-
-    async def run_shard(self, shard: int) -> None:
-        """Forever: take a batch of this shard's steps (or one control) and run it."""
-        queue = self.queues[shard]
-        while True:
-            item = await queue.get()
-            if isinstance(item, Control):
-                await self.run_control(item)
-                continue
-            batch, control = await self.collect(queue, [item])
-            await self.run_batch(shard, batch)
-            if control is not None:
-                await self.run_control(control)
-
-    async def collect(self, queue: asyncio.Queue, batch: list) -> tuple[list[StepRequest], Control | None]:
-        """More steps until max_batch or max_wait_ms; a control ends the batch (it must follow it)."""
-        deadline = self.clock() + self.config.max_wait_ms / 1000
-        while len(batch) < self.config.max_batch:
-            if queue.empty():
-                timeout = deadline - self.clock()
-                if timeout <= 0:
-                    break
-                try:
-                    item = await asyncio.wait_for(queue.get(), timeout)
-                except asyncio.TimeoutError:
-                    break
-            else:
-                item = queue.get_nowait()
-            if isinstance(item, Control):
-                return batch, item
-            batch.append(item)
-        return batch, None
-
-    async def run_batch(self, shard: int, batch: list[StepRequest]) -> None:
-        """Fuse a batch; if it fails, each session's steps again on their own, so that a step that
-        fails fails alone (the fusion service leaves every context as it was when a call fails)."""
-        try:
-            results = await self.fusion.step(shard, batch)
-        except Exception as error:  # the backend already retried once after losing its actor
-            by_session: dict[str, list[StepRequest]] = {}
-            for request in batch:
-                by_session.setdefault(request.session, []).append(request)
-            if len(by_session) > 1:
-                for requests in by_session.values():
-                    await self.run_batch(shard, requests)
-                return
-            for request in batch:  # the sessions go on without this step
-                self.forget_timing(request.session, request.seq, request.modality)
-                self.reply_error_to_session(request.session, p.INTERNAL, f"step failed: {_cause(error)}", request.seq)
-            return
-        for result in results:
-            self.deliver(result)
+        await self.batcher.put(session.id, request)
 
     def forget_timing(self, session: str, seq: int, modality: str) -> float | None:
         """When a step's chunk was first queued; forgotten once its last window is answered."""
@@ -420,11 +348,9 @@ class FrontEnd:
             del self.received_at[key]
         return queued_at
 
-    async def run_control(self, control: Control) -> None:
-        try:
-            await control.run()
-        except Exception:  # a session closing while its actor restarts: nothing left to undo
-            pass
+    def step_failed(self, request: StepRequest, error: BaseException) -> None:
+        self.forget_timing(request.session, request.seq, request.modality)
+        self.reply_error_to_session(request.session, p.INTERNAL, f"step failed: {_cause(error)}", request.seq)
 
     def deliver(self, result: StepResult) -> None:
         session = self.sessions.get(result.session)

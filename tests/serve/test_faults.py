@@ -36,7 +36,7 @@ def frontend(checkpoint, extractors=None):
     front: FrontEnd | None = None
 
     def copies(shard):
-        return {s.id: s.state for s in front.sessions.values() if front.shard(s.id) == shard}
+        return {s.id: s.state for s in front.sessions.values() if front.batcher.shard(s.id) == shard}
 
     front = FrontEnd(SIZES, {"audio": 100.0, "video": 30.0}, RayFusion(checkpoint, 1, False, copies), extractors,
                      FrontEndConfig())
@@ -61,7 +61,7 @@ def test_killing_the_fusion_actor_mid_stream_keeps_every_context(restarted_befor
 
     async def scenario():
         front = frontend(checkpoint)
-        runner = asyncio.create_task(front.run_shard(0))
+        runner = asyncio.create_task(front.batcher.run_shard(0))
         await send(front, [p.Hello(s, 0, 0.0, ORDER, "window") for s in data], 0)
         await asyncio.sleep(0.5)
         got = []
@@ -88,7 +88,7 @@ def test_killing_an_extractor_actor_loses_no_session(tmp_path):
 
     async def scenario():
         front = frontend(checkpoint, RayExtractors(start_extractor_pools(["text"])))
-        runner = asyncio.create_task(front.run_shard(0))
+        runner = asyncio.create_task(front.batcher.run_shard(0))
         await send(front, [p.Hello("s", 0, 0.0, ["text"], "window")], 0)
         first = await send(front, [p.Text("s", 1, 1.0, "what a wonderful film", True)], 1)
         ray.kill(front.extractors.pools["text"][0], no_restart=False)

@@ -34,7 +34,7 @@ def make_frontend(shards=1, clock=None, **config):
 
 async def exchange(front, messages, identity=b"client"):
     """Send every message, let the front-end work, return everything it answered."""
-    runners = [asyncio.create_task(front.run_shard(i)) for i in range(front.fusion.shards)]
+    runners = [asyncio.create_task(front.batcher.run_shard(i)) for i in range(front.fusion.shards)]
     for message in messages:
         await front.handle(identity, message if isinstance(message, bytes) else p.encode(message))
         await asyncio.sleep(0)

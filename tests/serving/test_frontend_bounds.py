@@ -90,7 +90,7 @@ def test_a_failing_step_fails_alone_and_every_copy_stays_in_step():
             return original(group)
 
         service._run_group = fail_on_nan
-        await front.run_batch(0, batch)
+        await front.batcher.run_batch(0, batch)
         replies = []
         while not front.outbox.empty():
             replies.append(front.outbox.get_nowait()[1])
