@@ -26,10 +26,10 @@ from typing import Any, Callable, Protocol
 
 import numpy as np
 
-from grf_stream.features.audio import AudioChunk
 from grf_stream.serving import protocol as p
 from grf_stream.serving.batcher import Batcher, Control, FusionBackend
 from grf_stream.serving.engine import StepRequest, StepResult
+from grf_stream.serving.modalities import BY_MESSAGE, BY_NAME, RawModality
 from grf_stream.serving.session import Session, message_bytes
 
 
@@ -54,7 +54,6 @@ class FrontEndConfig:
     limits: p.Limits = p.Limits()  # what a message and a step may hold; told to clients in welcome
 
 
-RAW = {p.Video: "video", p.Audio: "audio", p.Text: "text"}
 
 
 class FrontEnd:
@@ -107,33 +106,31 @@ class FrontEnd:
             raise p.ProtocolError(p.SEQ_BACKWARDS, f"seq {message.seq} is not after {session.last_seq}: "
                                   "seq must increase within a session", message.session, message.seq)
         session.last_seen = self.clock()
-        modality = RAW.get(type(message))
-        if modality is not None and modality not in session.modalities:
-            raise p.ProtocolError(p.UNKNOWN_MODALITY, f"{modality} was not opened: this session sends "
+        raw = BY_MESSAGE.get(type(message))
+        if raw is not None and raw.name not in session.modalities:
+            raise p.ProtocolError(p.UNKNOWN_MODALITY, f"{raw.name} was not opened: this session sends "
                                   f"{list(session.modalities)} (say so in hello)", session.id, message.seq)
-        self.admit(session, message)
-        if isinstance(message, p.Video):
-            stale, session.newest_frame = session.newest_frame, message
-            if stale is not None:  # keep only the newest frame; the worker already has a token for it
-                self.count_drop(session, "video")
-                session.release(stale)
-                return
-            message = p.Video  # a token: the worker takes the frame waiting then, its bytes held once
-        elif isinstance(message, p.Audio):
-            if len(session.audio) == self.config.max_audio_chunks:
-                self.count_drop(session, "audio")  # the oldest goes: its bytes are released, its token stays
-                session.release(session.audio.popleft())
-                session.audio.append(message)
-                return
-            session.audio.append(message)
-            message = p.Audio
-        session.inbox.put_nowait(message)
+        self.admit(session, message, raw)
+        if raw is None:
+            session.inbox.put_nowait(message)
+            return
+        chunks = session.chunks(raw.name, self.waiting_chunks(raw))
+        if len(chunks) == chunks.maxlen:  # the oldest goes, its bytes released; its token serves the newest
+            self.count_drop(session, raw.name)
+            session.release(chunks.popleft())
+            chunks.append(message)
+            return
+        chunks.append(message)
+        session.inbox.put_nowait(raw)  # a token: the worker takes the oldest chunk waiting then
 
-    def admit(self, session: Session, message: p.Message) -> None:
+    def waiting_chunks(self, raw: RawModality) -> int | None:
+        return {"newest": 1, "queue": self.config.max_audio_chunks, "all": None}[raw.keep]
+
+    def admit(self, session: Session, message: p.Message, raw: RawModality | None) -> None:
         """Refuse a message the session has no room for: its waiting messages and bytes are bounded."""
         size = message_bytes(message)
-        raw = isinstance(message, (p.Video, p.Audio))  # bounded by their own keep rules
-        if not raw and session.inbox.qsize() >= self.config.max_waiting_messages:
+        bounded = raw is not None and raw.keep != "all"  # by their own keep rules
+        if not bounded and session.inbox.qsize() >= self.config.max_waiting_messages:
             raise p.ProtocolError(p.BUSY, f"session {session.id!r} has {session.inbox.qsize()} messages waiting, the "
                                   f"limit is {self.config.max_waiting_messages}: send slower", session.id, message.seq)
         if session.waiting_bytes + size > self.config.max_waiting_bytes:
@@ -188,45 +185,44 @@ class FrontEnd:
             except p.ProtocolError as error:
                 self.reply_error(session.identity, error.code, error.message, session.id, error.seq)
             except Exception as error:  # an extractor or backend failure: this message only
-                kind = message if isinstance(message, type) else type(message)
-                self.reply_error(session.identity, p.INTERNAL, f"{kind.__name__.lower()} failed: {error}", session.id,
+                kind = message.name if isinstance(message, RawModality) else type(message).__name__.lower()
+                self.reply_error(session.identity, p.INTERNAL, f"{kind} failed: {error}", session.id,
                                  getattr(message, "seq", None))
 
-    async def process(self, session: Session, message: p.Message | type) -> None:
-        if not isinstance(message, type):  # audio and video wait in their own queues, their tokens here
-            session.release(message)
+    async def process(self, session: Session, message: p.Message | RawModality) -> None:
+        if isinstance(message, RawModality):  # a token: the oldest chunk of that modality waiting
+            await self.on_chunk(session, message)
+            return
+        session.release(message)
         if isinstance(message, p.Features):
             await self.on_features(session, message)
-        elif message is p.Video:  # a token: the newest frame waiting
-            frame, session.newest_frame = session.newest_frame, None
-            if frame is not None:
-                session.release(frame)
-                chunk = frame.jpeg if frame.jpeg is not None else frame.frame
-                await self.on_rows(session, "video", frame.seq, *await self.extract(session, "video", chunk, frame.seq))
-        elif message is p.Audio:  # a token: the oldest chunk waiting
-            if session.audio:
-                chunk = session.audio.popleft()
-                session.release(chunk)
-                rows = await self.extract(session, "audio", AudioChunk(chunk.pcm, chunk.sample_rate), chunk.seq)
-                await self.on_rows(session, "audio", chunk.seq, *rows)
-        elif isinstance(message, p.Text):
-            await self.on_text(session, message)
         elif isinstance(message, p.SegmentEnd):
             await self.on_segment_end(session, message.seq)
         elif isinstance(message, p.Bye):
             await self.on_segment_end(session, message.seq)
             await self.close(session, "bye")
 
-    async def extract(self, session: Session, modality: str, chunk, seq: int) -> tuple[np.ndarray, np.ndarray]:
+    async def on_chunk(self, session: Session, raw: RawModality) -> None:
+        chunks = session.chunks(raw.name, self.waiting_chunks(raw))
+        if not chunks:
+            return
+        message = chunks.popleft()
+        session.release(message)
+        rows, mask = await self.extract(session, raw, message)
+        if raw.timed:
+            await self.on_rows(session, raw.name, message.seq, rows, mask)
+        else:
+            await self.on_phrase(session, raw.name, message, rows, mask)
+
+    async def extract(self, session: Session, raw: RawModality, message) -> tuple[np.ndarray, np.ndarray]:
         if self.extractors is None:
-            raise p.ProtocolError(p.BAD_STATE, f"{modality} needs the feature extractors, which this server does "
-                                  "not run: send features", session.id, seq)
+            raise p.ProtocolError(p.BAD_STATE, f"{raw.name} needs the feature extractors, which this server does "
+                                  "not run: send features", session.id, message.seq)
         try:
-            return await self.extractors.extract(modality, session.id, chunk)
+            return await self.extractors.extract(raw.name, session.id, raw.chunk(message))
         except Exception as error:
-            code = p.BAD_JPEG if modality == "video" else p.BAD_FIELD
-            raise p.ProtocolError(code, f"{modality} chunk could not be read ({_cause(error)}): send "
-                                  f"{CHUNK_HELP[modality]}", session.id, seq) from error
+            raise p.ProtocolError(raw.bad_chunk, f"{raw.name} chunk could not be read ({_cause(error)}): send "
+                                  f"{raw.help}", session.id, message.seq) from error
 
     async def on_features(self, session: Session, message: p.Features) -> None:
         expected = self.modalities.get(message.modality)
@@ -244,13 +240,14 @@ class FrontEnd:
         else:
             await self.submit(session, message.seq, message.modality, message.features, mask)
 
-    async def on_text(self, session: Session, message: p.Text) -> None:
-        rows, mask = await self.extract(session, "text", message.text, message.seq)
-        held = session.held_rows("text") - session.partial_rows  # a partial is replaced, not added to
-        self.check_step_rows(session, "text", held + len(rows), message.seq)
-        session.hold_text(rows, mask, message.final)
+    async def on_phrase(self, session: Session, modality: str, message: p.Text, rows: np.ndarray,
+                        mask: np.ndarray) -> None:
+        """A transcript phrase: held (a partial one replaced by the next), one step when final in window policy."""
+        held = session.held_rows(modality) - session.partial_rows  # a partial is replaced, not added to
+        self.check_step_rows(session, modality, held + len(rows), message.seq)
+        session.hold_phrase(modality, rows, mask, message.final)
         if session.policy == "window" and message.final:  # one step per finished phrase
-            for modality, features, held_mask in session.take_pending(["text"]):
+            for modality, features, held_mask in session.take_pending([modality]):
                 await self.submit(session, message.seq, modality, features, held_mask)
 
     async def on_rows(self, session: Session, modality: str, seq: int, rows: np.ndarray, mask: np.ndarray) -> None:
@@ -276,7 +273,7 @@ class FrontEnd:
     async def on_segment_end(self, session: Session, seq: int) -> None:
         """Flush the extractors' held-back rows, fuse what the segment holds, then start a new one."""
         if self.extractors is not None:
-            for modality in [m for m in session.modalities if m in ("audio", "video")]:
+            for modality in [m for m in session.modalities if m in BY_NAME and BY_NAME[m].timed]:
                 rows, mask = await self.extractors.flush(modality, session.id)
                 room = self.config.limits.max_step_rows - session.held_rows(modality)
                 if len(rows) > room:  # the extractor's last few rows, past a full segment: dropped
@@ -398,11 +395,6 @@ class FrontEnd:
             self.reply_error(self.sessions[session].identity, code, message, session, seq)
 
 
-CHUNK_HELP = {
-    "video": "JPEG bytes or a raw uint8 frame (H, W, 3) in BGR order",
-    "audio": "PCM16 mono little-endian samples with their sample rate",
-    "text": "non-empty UTF-8 text",
-}
 
 
 def _cause(error: BaseException) -> str:

@@ -60,10 +60,9 @@ class Session:
     pending: dict[str, Window] = field(default_factory=dict)  # rows not yet fused, per modality, in arrival order
     stats: Counter = field(default_factory=Counter)  # steps, errors, drops_<modality>, ...
     inbox: asyncio.Queue = field(default_factory=asyncio.Queue)  # messages for the session's worker, in order
-    newest_frame: object | None = None  # the one video frame waiting (late frames replace it)
-    audio: deque = field(default_factory=deque)  # waiting audio chunks, bounded by the front-end
+    waiting: dict[str, deque] = field(default_factory=dict)  # raw chunks not yet taken, per modality (bounded)
     waiting_bytes: int = 0  # the bytes of every message received and not yet taken (bounded by the front-end)
-    partial_rows: int = 0  # the newest held text rows that came from a partial transcript (final: false)
+    partial_rows: int = 0  # the newest held phrase rows that came from a partial transcript (final: false)
 
     def accept_seq(self, seq: int) -> bool:
         """Sequence numbers only grow; a message that goes back is refused."""
@@ -75,11 +74,15 @@ class Session:
     def hold(self, modality: str, features: np.ndarray, mask: np.ndarray) -> None:
         self.pending.setdefault(modality, Window()).add(features, mask)
 
-    def hold_text(self, features: np.ndarray, mask: np.ndarray, final: bool) -> None:
+    def chunks(self, modality: str, keep: int | None) -> deque:
+        """The raw chunks of a modality waiting for the worker: at most `keep` (None: all)."""
+        return self.waiting.setdefault(modality, deque(maxlen=keep))
+
+    def hold_phrase(self, modality: str, features: np.ndarray, mask: np.ndarray, final: bool) -> None:
         """A transcript phrase; a partial one (final: false) is replaced by the next, partial or final."""
-        if "text" in self.pending:
-            self.pending["text"].drop_last(self.partial_rows)
-        self.hold("text", features, mask)
+        if modality in self.pending:
+            self.pending[modality].drop_last(self.partial_rows)
+        self.hold(modality, features, mask)
         self.partial_rows = 0 if final else len(features)
 
     def hold_bytes(self, size: int) -> None:
@@ -98,11 +101,10 @@ class Session:
     def take_pending(self, modalities: list[str] | None = None) -> list[tuple[str, np.ndarray, np.ndarray]]:
         """The held rows as steps (of these modalities, or all), in the order their first rows arrived."""
         names = [m for m in self.pending if modalities is None or m in modalities]
-        if "text" in names:
-            self.partial_rows = 0
         steps = [(m, *self.pending[m].take()) for m in names if self.pending[m].features]
         for m in names:
             del self.pending[m]
+        self.partial_rows = 0  # a partial phrase taken into a step is no longer one to replace
         return steps
 
     def record(self, result: StepResult) -> None:

@@ -131,7 +131,7 @@ def test_an_audio_flood_holds_a_bounded_number_of_chunks_and_bytes():
         session = front.sessions["s"]
         for seq in range(1, 201):
             await front.handle(b"client", p.encode(p.Audio("s", seq, float(seq), chunk, 16000)))
-        held = (len(session.audio), session.inbox.qsize(), session.waiting_bytes)
+        held = (len(session.waiting["audio"]), session.inbox.qsize(), session.waiting_bytes)
         blocked.release.set()
         return held, await exchange(front, [p.Bye("s", 300, 300.0)])
 
