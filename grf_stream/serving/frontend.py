@@ -54,8 +54,6 @@ class FrontEndConfig:
     limits: p.Limits = p.Limits()  # what a message and a step may hold; told to clients in welcome
 
 
-
-
 class FrontEnd:
     def __init__(self, modalities: dict[str, int], rates: dict[str, float], fusion: FusionBackend,
                  extractors: ExtractorBackend | None, config: FrontEndConfig,
@@ -247,11 +245,11 @@ class FrontEnd:
         self.check_step_rows(session, modality, held + len(rows), message.seq)
         session.hold_phrase(modality, rows, mask, message.final)
         if session.policy == "window" and message.final:  # one step per finished phrase
-            for modality, features, held_mask in session.take_pending([modality]):
+            for _, features, held_mask in session.take_pending([modality]):
                 await self.submit(session, message.seq, modality, features, held_mask)
 
     async def on_rows(self, session: Session, modality: str, seq: int, rows: np.ndarray, mask: np.ndarray) -> None:
-        """Audio or video rows: held, and in window policy cut into steps of window_s seconds."""
+        """A timed modality's rows (audio, video): held, and in window policy cut into steps of window_s seconds."""
         if len(rows):
             self.check_step_rows(session, modality, session.held_rows(modality) + len(rows), seq)
             session.hold(modality, rows, mask)
