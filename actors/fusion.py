@@ -43,7 +43,7 @@ def start_fusion_actors(checkpoint: str | Path | None, shards: int, use_gpu: boo
 
 
 class RayFusion:
-    """The front-end's fusion backend over Ray actors (see `grf_stream.serving.frontend.FusionBackend`)."""
+    """The front-end's fusion backend over Ray actors (see `grf_stream.serving.batcher.FusionBackend`)."""
 
     def __init__(self, checkpoint: str | Path | None, shards: int, use_gpu: bool,
                  copies: Callable[[int], dict[str, FusionState]], restart_timeout_s: float = 60):
