@@ -35,5 +35,5 @@ def test_a_non_finite_loss_stops_training_before_it_spoils_the_weights():
     optimizer = torch.optim.AdamW(grf.parameters(), lr=1e-3)
     loss = sum(p.sum() for p in grf.parameters()) * float("nan")  # a loss with gradients into every weight
     with pytest.raises(FloatingPointError, match="epoch 3, training batch 5: the loss is nan. Check the training data"):
-        optimise(loss, grf, optimizer, TrainConfig(), "epoch 3, training batch 5")
+        optimise(loss, grf, optimizer, None, TrainConfig(), "epoch 3, training batch 5")
     assert all(torch.equal(a, b) for a, b in zip(before, grf.parameters()))
