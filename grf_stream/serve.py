@@ -83,6 +83,9 @@ class Server:
             if len(frames) != 2:  # a ROUTER sees [identity, payload] from a DEALER
                 continue
             await self.frontend.handle(frames[0], frames[1])
+            # A message already waiting is received without yielding: without this, a client flooding
+            # the socket would starve every session's worker, the batcher and the send loop.
+            await asyncio.sleep(0)
 
     async def send(self) -> None:
         while True:

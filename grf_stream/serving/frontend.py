@@ -54,6 +54,12 @@ class FrontEndConfig:
     limits: p.Limits = p.Limits()  # what a message and a step may hold; told to clients in welcome
 
 
+STATS_EVERY_S = 0.25  # how fresh the numbers a `stats` request gets are
+# Error replies per connection: a burst, then a rate. Beyond it errors are counted, not sent: a client
+# flooding bad messages would otherwise fill the one reply queue and delay every other session's replies.
+ERROR_BURST, ERROR_REPLIES_PER_S = 100, 100.0
+
+
 class FrontEnd:
     def __init__(self, modalities: dict[str, int], rates: dict[str, float], fusion: FusionBackend,
                  extractors: ExtractorBackend | None, config: FrontEndConfig,
@@ -70,9 +76,11 @@ class FrontEnd:
         # (session, seq, modality) -> (when its first window was queued, windows of it not yet answered):
         # one chunk can complete several windows, and each is timed from the same moment.
         self.received_at: dict[tuple[str, int, str], tuple[float, int]] = {}
-        self.stats = {"steps": 0, "errors": 0, "drops": 0}
+        self.stats = {"steps": 0, "errors": 0, "drops": 0, "errors_unanswered": 0}
         self.gates: dict[str, list[float]] = {}  # modality -> mean gate of each fusion step, since the board read them
         self.recent: deque[tuple[float, float]] = deque(maxlen=10_000)  # (when, latency ms) of recent steps
+        self.cached_numbers: tuple[float, dict[str, float]] | None = None  # (when, numbers) told to clients
+        self.error_tokens: dict[bytes, tuple[float, float]] = {}  # connection -> (error replies it may get, when)
 
     # -- messages in -------------------------------------------------------------------------
 
@@ -83,7 +91,7 @@ class FrontEnd:
             if isinstance(message, p.Hello):
                 self.open(identity, message)
             elif isinstance(message, p.StatsRequest):
-                self.send(identity, p.ServerStats(message.session, message.seq, time.time(), self.live_numbers()))
+                self.send(identity, p.ServerStats(message.session, message.seq, time.time(), self.client_numbers()))
             else:
                 self.route(identity, message)
         except p.ProtocolError as error:
@@ -319,6 +327,8 @@ class FrontEnd:
         """Close the sessions that sent nothing for idle_timeout_s."""
         now = self.clock()
         idle = [s for s in self.sessions.values() if not s.closing and now - s.last_seen > self.config.idle_timeout_s]
+        refilled = ERROR_BURST / ERROR_REPLIES_PER_S  # a bucket untouched this long is full: forget it
+        self.error_tokens = {k: v for k, v in self.error_tokens.items() if now - v[1] < refilled}
         for session in idle:
             await self.close(session, "idle_timeout")
 
@@ -362,12 +372,21 @@ class FrontEnd:
             result.session, result.seq, time.time(), result.segment, result.step, result.modality,
             list(result.modalities), result.value, result.gate, latency_ms))
 
+    def client_numbers(self) -> dict[str, float]:
+        """live_numbers for `stats` requests, computed at most every STATS_EVERY_S: percentiles over
+        10,000 latencies cost about a millisecond, and a client may ask thousands of times a second."""
+        now = self.clock()
+        if self.cached_numbers is None or now - self.cached_numbers[0] >= STATS_EVERY_S:
+            self.cached_numbers = (now, self.live_numbers())
+        return self.cached_numbers[1]
+
     def live_numbers(self, window_s: float = 10.0) -> dict[str, float]:
         """What `client --stats` and TensorBoard show: the last `window_s` seconds, and totals since the start."""
         now = self.clock()
         latencies = [ms for at, ms in self.recent if now - at <= window_s]
         numbers = {"active_sessions": len(self.sessions), "steps_per_s": len(latencies) / window_s,
-                   "steps": self.stats["steps"], "errors": self.stats["errors"], "drops": self.stats["drops"]}
+                   "steps": self.stats["steps"], "errors": self.stats["errors"], "drops": self.stats["drops"],
+                   "errors_unanswered": self.stats["errors_unanswered"]}
         if latencies:
             numbers["step_latency_p50_ms"] = float(np.percentile(latencies, 50))
             numbers["step_latency_p99_ms"] = float(np.percentile(latencies, 99))
@@ -386,7 +405,18 @@ class FrontEnd:
         self.stats["errors"] += 1
         if session in self.sessions:
             self.sessions[session].stats["errors"] += 1
-        self.send(identity, p.Error(session, seq, time.time(), code, message))
+        if self.may_answer_error(identity):
+            self.send(identity, p.Error(session, seq, time.time(), code, message))
+        else:
+            self.stats["errors_unanswered"] += 1
+
+    def may_answer_error(self, identity: bytes) -> bool:
+        """A token bucket per connection: ERROR_BURST error replies, refilled at ERROR_REPLIES_PER_S."""
+        now = self.clock()
+        tokens, since = self.error_tokens.get(identity, (ERROR_BURST, now))
+        tokens = min(ERROR_BURST, tokens + (now - since) * ERROR_REPLIES_PER_S)
+        self.error_tokens[identity] = (tokens - 1 if tokens >= 1 else tokens, now)
+        return tokens >= 1
 
     def reply_error_to_session(self, session: str, code: str, message: str, seq: int | None) -> None:
         if session in self.sessions:

@@ -193,3 +193,23 @@ def test_a_jpeg_declaring_huge_sides_is_refused_before_any_decoding():
     bomb = JPEG_HEADER[:7] + (8000).to_bytes(2, "big") + (8000).to_bytes(2, "big") + JPEG_HEADER[11:] + bytes(600)
     replies = run(exchange(front, [hello(), p.Video("s", 1, 1.0, bomb)]))
     assert [(type(r), getattr(r, "code", None)) for r in replies] == [(p.Welcome, None), (p.Error, p.TOO_LARGE)]
+
+
+def test_a_connection_flooding_bad_messages_gets_a_bounded_number_of_error_replies():
+    from grf_stream.serving.frontend import ERROR_BURST
+
+    front, _ = make_frontend()
+
+    async def scenario():
+        for i in range(ERROR_BURST + 50):
+            await front.handle(b"flood", b"\xc1 not msgpack")
+        await front.handle(b"other", b"\xc1 not msgpack")
+        replies = []
+        while not front.outbox.empty():
+            replies.append(front.outbox.get_nowait())
+        return replies
+
+    replies = run(scenario())
+    assert sum(1 for identity, _ in replies if identity == b"flood") == ERROR_BURST
+    assert sum(1 for identity, _ in replies if identity == b"other") == 1  # other connections are answered
+    assert front.live_numbers()["errors_unanswered"] == 50 and front.stats["errors"] == ERROR_BURST + 51
