@@ -207,7 +207,8 @@ def test_client_stats_prints_the_live_numbers(server):
     assert {"active_sessions", "steps_per_s", "errors", "drops"} <= set(numbers[-1])
 
 
-def test_a_jpeg_that_does_not_decode_gets_an_error_and_the_session_goes_on(server):
+def send_and_collect(server, messages, replies_wanted: int) -> list:
+    """Messages from one plain DEALER socket, as any client would send them; the replies that came back."""
     import zmq
 
     from grf_stream.serving import protocol as p
@@ -216,14 +217,22 @@ def test_a_jpeg_that_does_not_decode_gets_an_error_and_the_session_goes_on(serve
         sock = context.socket(zmq.DEALER)
         sock.linger = 0
         sock.connect(server)
-        sock.send(p.encode(p.Hello("bad-jpeg", 0, 0.0, ["video", "text"], "window")))
-        header = b"\xff\xd8\xff\xc0\x00\x11\x08\x00\x02\x00\x04\x03" + bytes(9)  # a JPEG's frame header
-        sock.send(p.encode(p.Video("bad-jpeg", 1, 0.1, header + b" this is not a picture")))
-        sock.send(p.encode(p.Text("bad-jpeg", 2, 0.2, "still here", True)))
+        for message in messages:
+            sock.send(p.encode(message))
         replies = []
-        while len(replies) < 3 and sock.poll(60_000):
+        while len(replies) < replies_wanted and sock.poll(60_000):
             replies.append(p.decode_reply(sock.recv()))
         sock.close()
+    return replies
+
+
+def test_a_jpeg_that_does_not_decode_gets_an_error_and_the_session_goes_on(server):
+    from grf_stream.serving import protocol as p
+
+    header = b"\xff\xd8\xff\xc0\x00\x11\x08\x00\x02\x00\x04\x03" + bytes(9)  # a JPEG's frame header
+    replies = send_and_collect(server, [p.Hello("bad-jpeg", 0, 0.0, ["video", "text"], "window"),
+                                        p.Video("bad-jpeg", 1, 0.1, header + b" this is not a picture"),
+                                        p.Text("bad-jpeg", 2, 0.2, "still here", True)], 3)
     assert [type(r) for r in replies] == [p.Welcome, p.Error, p.Prediction], replies
     assert replies[1].code == p.BAD_JPEG and replies[1].seq == 1 and "JPEG" in replies[1].message
 
@@ -304,21 +313,12 @@ def test_two_test_videos_streamed_as_features_get_the_live_reports_predictions(s
 
 def test_a_message_over_the_limit_is_answered_and_its_connection_and_session_survive(server):
     import numpy as np
-    import zmq
 
     from grf_stream.serving import protocol as p
 
-    with zmq.Context() as context:
-        sock = context.socket(zmq.DEALER)
-        sock.linger = 0
-        sock.connect(server)
-        sock.send(p.encode(p.Hello("big", 0, 0.0, ["audio", "text"], "window")))
-        sock.send(p.encode(p.Features("big", 1, 0.1, "audio", np.zeros((90_000, 26), np.float32), None)))  # 9.4 MB
-        sock.send(p.encode(p.Text("big", 2, 0.2, "still here", True)))
-        replies = []
-        while len(replies) < 3 and sock.poll(60_000):
-            replies.append(p.decode_reply(sock.recv()))
-        sock.close()
+    replies = send_and_collect(server, [p.Hello("big", 0, 0.0, ["audio", "text"], "window"),
+                                        p.Features("big", 1, 0.1, "audio", np.zeros((90_000, 26), np.float32), None),
+                                        p.Text("big", 2, 0.2, "still here", True)], 3)  # the features: 9.4 MB
     # The oversized message is refused as it arrives, the welcome comes once the fusion side holds the
     # session: either may be first.
     assert sorted(type(r).__name__ for r in replies) == ["Error", "Prediction", "Welcome"], replies
