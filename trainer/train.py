@@ -43,7 +43,6 @@ from trainer.steps import (batch_order, batch_windows, fusion_steps, hide_modali
                            stream_loss)
 
 
-
 class StepsModule(nn.Module):
     """GRF.fuse as a forward, so DDP sees every call (it syncs gradients around forward)."""
 

@@ -11,7 +11,7 @@ same numbers as the session alone. After every step comes a prediction (9).
 
 from __future__ import annotations
 
-import copy
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -33,6 +33,11 @@ class FusionState:
     segment: int = 0
     step: int = 0  # steps fused in this segment
     modalities: list[str] = field(default_factory=list)  # the context holds these, in first-fused order
+
+    def snapshot(self) -> "FusionState":
+        """A copy to restore after a failed call. Shallow is enough: a step replaces `context` with a
+        new array, never writes into it, and only the list of modalities grows in place."""
+        return dataclasses.replace(self, modalities=list(self.modalities))
 
     def reset(self, segment: int, carry_context: bool) -> None:
         """A new segment: the context starts afresh unless the session carries it over."""
@@ -116,7 +121,7 @@ class FusionService:
         If any fails, no session's state changes and the error is raised.
         """
         results: dict[int, StepResult] = {}
-        before = {r.session: copy.deepcopy(self._state(r.session)) for r in requests}  # unknown sessions fail here
+        before = {r.session: self._state(r.session).snapshot() for r in requests}  # unknown sessions fail here
         try:
             for wave in self._waves(requests):
                 for group in self._groups(wave, requests):
