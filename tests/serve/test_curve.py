@@ -1,19 +1,11 @@
 """CURVE: with an allow-list, only clients holding an allowed key get answers."""
 
-import os
-import subprocess
-import sys
-import time
-from pathlib import Path
-
 import pytest
 import zmq
 
 from grf_stream.client import use_curve
 from grf_stream.keys import make_keys
 from grf_stream.serving import protocol as p
-
-ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
@@ -25,22 +17,10 @@ def keys(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def server(keys):
-    with zmq.Context() as probe:  # a free port
-        s = probe.socket(zmq.ROUTER)
-        port = s.bind_to_random_port("tcp://127.0.0.1")
-        s.close()
-    args = [sys.executable, "-m", "grf_stream.serve", f"port={port}",
-            f"curve_server_key={keys / 'server.key_secret'}", f"curve_clients_dir={keys / 'clients'}"]
-    process = subprocess.Popen(args, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and "grf-stream serving" not in process.stdout.readline():
-        if process.poll() is not None:
-            pytest.fail("server exited")
-    yield f"tcp://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=30)
+def server(keys, start_server):
+    with start_server(f"curve_server_key={keys / 'server.key_secret'}",
+                      f"curve_clients_dir={keys / 'clients'}") as address:
+        yield address
 
 
 def say_hello(server, curve=None, wait_s=3.0):

@@ -1,8 +1,6 @@
 """The server for real: `python -m grf_stream.serve` as a process, the client streaming real media."""
 
 import csv
-import os
-import socket
 import subprocess
 import sys
 import time
@@ -16,43 +14,16 @@ LABELS = ROOT.parent / "shared" / "data" / "mosi" / "mosi_labels_transcripts.csv
 needs_media = pytest.mark.skipif(not MEDIA.exists(), reason="needs ../shared/data (the CMU-MOSI clip and CSV)")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def board(tmp_path_factory):
     return tmp_path_factory.mktemp("serve_board")
 
 
 @pytest.fixture(scope="module")
-def server(board):
+def server(board, start_server):
     """The server process, started as a user starts it, stopped at the end."""
-    port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    process = subprocess.Popen([sys.executable, "-m", "grf_stream.serve", f"port={port}", "idle_timeout_s=20",
-                                f"tensorboard_dir={board}", "stats_every_s=0.5"],
-                               cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    log = []
-    while time.time() < deadline:
-        line = process.stdout.readline()
-        log.append(line)
-        if "grf-stream serving" in line:
-            break
-        if process.poll() is not None:
-            pytest.fail("server exited:\n" + "".join(log))
-    else:
-        process.kill()
-        pytest.fail("server did not start in 120 s:\n" + "".join(log))
-    yield f"tcp://127.0.0.1:{port}"
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    with start_server("idle_timeout_s=20", f"tensorboard_dir={board}", "stats_every_s=0.5") as address:
+        yield address
 
 
 def client(server, *args, timeout=120):
