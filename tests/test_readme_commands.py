@@ -4,9 +4,9 @@ Each ```bash block of README.md runs, in order, in one fresh copy of the project
 `../shared` beside it, as in a checkout), in the environment the tests were started with: none of
 tests/conftest.py's settings, so no RAY_AUTH_MODE unless the user has one, and Ray's token
 authentication is on wherever Ray turns it on. Within a block, `export` lines carry to the lines
-after them, as in one shell. Servers (`python -m grf_stream.serve`, `tensorboard`) are started,
-checked to be serving, and stopped with Ctrl-C at the end of their block; a block of clients with
-no server of its own gets the quick start's server. A server's output must hold no error-level
+after them, as in one shell. Servers (`python -m grf_stream.serve`, `tensorboard`, the console)
+are started, checked to be serving, and stopped with Ctrl-C at the end of their block; a block of
+clients with no server of its own gets the quick start's server. A server's output must hold no error-level
 line. The few commands that cannot run here are left out by `SKIPPED`, each with its reason, and
 every entry of `SKIPPED` must still match a README command.
 """
@@ -42,8 +42,10 @@ SKIPPED = {  # the start of a command -> why it does not run here
     "python -m grf_stream.client --webcam --mic": "needs a camera and a microphone (tests/serve/ streams files "
                                                   "through the same capture paths)",
     "python -m grf_stream.extract --labels MMSA/": "needs MMSA's raw CMU-MOSI download",
+    "apt-get update && apt-get install -y chromium": "a system install for the browser test: CI runs it before "
+                                                     "the tests (.ci/run)",
 }
-SERVERS = ("python -m grf_stream.serve", "tensorboard ")
+SERVERS = ("python -m grf_stream.serve", "tensorboard ", "python -m grf_stream.console")
 UNTIL_INTERRUPTED = {"python -m grf_stream.client --stats": 5.0}  # runs until Ctrl-C: seconds to let it run
 # Error-level lines: Ray's C++ log ("[time E pid tid] file.cc:N: ..."), Python logging's ERROR, tracebacks.
 ERROR_LINE = re.compile(r"^\[[^\]]* E \d+ \d+\]|\bERROR\b|^Traceback ", re.M)
@@ -152,14 +154,19 @@ def wait_until_serving(running: Running, timeout_s: float = 180) -> None:
     pytest.fail(f"`{running.command}` was not serving after {timeout_s} s:\n{running.text()}")
 
 
+WEB_PORTS = {"tensorboard": 6006, "python -m grf_stream.console": 8765}  # the default port of each web server
+
+
 def serving(running: Running) -> bool:
-    if running.command.startswith("tensorboard"):
-        port = re.search(r"--port (\d+)", running.command)
-        try:
-            return urllib.request.urlopen(f"http://127.0.0.1:{port.group(1) if port else 6006}/", timeout=2).status == 200
-        except OSError:
-            return False
-    return "grf-stream serving" in running.text()
+    web = next((start for start in WEB_PORTS if running.command.startswith(start)), None)
+    if web is None:
+        return "grf-stream serving" in running.text()
+    port = re.search(r"--port (\d+)", running.command)
+    try:
+        return urllib.request.urlopen(f"http://127.0.0.1:{port.group(1) if port else WEB_PORTS[web]}/",
+                                      timeout=2).status == 200
+    except OSError:
+        return False
 
 
 def interrupt(running: Running) -> None:
