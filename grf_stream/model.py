@@ -153,6 +153,27 @@ def attendable(mask: Tensor) -> Tensor:
     return mask | (empty & first)
 
 
+def real_steps(mask: Tensor) -> Tensor:
+    """(B, T) -> (B,): one past each sample's last real step, at least 1 (what trimming may keep)."""
+    steps = torch.arange(1, mask.shape[1] + 1, device=mask.device)  # (T,)
+    return (mask * steps).amax(dim=1).clamp(min=1)
+
+
+def in_length_groups(fn: Callable[..., tuple[Tensor, Tensor]], rows: int, state: Tensor, state_mask: Tensor,
+                     p: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    """fn(state, state_mask, p, mask) -> (B, d) pairs, run on sub-batches of about `rows` samples of
+    similar length, each cut to its longest real step: the result of one call on the whole batch
+    (samples are independent, padding is masked), with far less padding attended. The lengths are
+    read on the host, so this is for training only (the streaming primitives stay sync-free)."""
+    steps, state_steps = real_steps(mask), real_steps(state_mask)  # (B,)
+    order = torch.argsort(steps)  # (B,) shortest first
+    groups = order.tensor_split(math.ceil(len(order) / rows))
+    cuts = torch.stack([torch.stack([steps[g].max(), state_steps[g].max()]) for g in groups]).tolist()
+    hs, zs = zip(*[fn(state[g, :s], state_mask[g, :s], p[g, :t], mask[g, :t]) for g, (t, s) in zip(groups, cuts)])
+    back = torch.argsort(order)  # (B,) batch order again
+    return torch.cat(hs)[back], torch.cat(zs)[back]
+
+
 def decoder_stack(config: GRFConfig) -> nn.TransformerDecoder:
     """L post-norm decoder layers: self-attention, cross-attention, GELU feed-forward."""
     layer = nn.TransformerDecoderLayer(
@@ -248,7 +269,15 @@ class KeepingGatedFusionUnit(nn.Module):
 
 
 class FusionBlock(nn.Module):
-    """Equations (4)-(8): one fusion step, state tokens (B, S, d) + modality (B, T, d) -> (B, d)."""
+    """Equations (4)-(8): one fusion step, state tokens (B, S, d) + modality (B, T, d) -> (B, d).
+
+    In training, a batch of more than `group_rows` samples is fused in sub-batches of similar
+    length, each cut to its longest real step (`in_length_groups`): attention costs T^2, and a
+    padded batch pays for its longest sample in every row. The result is the same.
+    """
+
+    group_rows = 4
+    """Samples per length group in training (0 = never group)."""
 
     def __init__(self, config: GRFConfig):
         super().__init__()
@@ -257,6 +286,11 @@ class FusionBlock(nn.Module):
         self.gfu = KeepingGatedFusionUnit(config) if config.gfu == "keep" else GatedFusionUnit(config)
 
     def forward(self, state: Tensor, state_mask: Tensor, p: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+        if self.training and 0 < self.group_rows < p.shape[0]:
+            return in_length_groups(self.fuse, self.group_rows, state, state_mask, p, mask)
+        return self.fuse(state, state_mask, p, mask)
+
+    def fuse(self, state: Tensor, state_mask: Tensor, p: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
         state_pad, pad = ~state_mask, ~attendable(mask)
         s = self.dec_a(state, p, tgt_key_padding_mask=state_pad, memory_key_padding_mask=pad)  # (4)
         s = masked_mean(s, state_mask)  # (B, d); a no-op for the one-token context

@@ -1,5 +1,6 @@
 """The GRF model: equations, masking, streaming equivalence, variants, pinned numerics."""
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -286,6 +287,45 @@ def test_dropout_acts_in_training_only():
     model.train()
     assert not torch.equal(model(features, masks).prediction, model(features, masks).prediction)
 
+
+@pytest.mark.parametrize("variant", [RELEASED, LIVE], ids=["released", "live"])
+def test_training_in_length_groups_gives_the_whole_batch_result(variant, monkeypatch):
+    """Training fuses sub-batches of similar length, each cut to its longest real step: the same
+    outputs and gradients as the whole padded batch (dropout 0 so the two passes can be compared)."""
+    model = make_model(**{**variant, "dropout": 0.0}).train()
+    features, masks = pad(*make_inputs(batch=7), extra=9)
+    masks["vision"][3] = False  # a sample with no real step of one modality
+
+    def outputs_and_grads(rows):
+        monkeypatch.setattr(FusionBlock, "group_rows", rows)
+        model.zero_grad()
+        out = model(features, masks)
+        (out.step_predictions.sum() + out.gates.sum()).backward()
+        return out.step_predictions, out.gates, [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+    whole, grouped = outputs_and_grads(0), outputs_and_grads(2)
+    assert_close(grouped[0], whole[0], atol=1e-5, rtol=1e-5)
+    assert_close(grouped[1], whole[1], atol=1e-5, rtol=1e-5)
+    assert len(grouped[2]) == len(whole[2])
+    for g, w in zip(grouped[2], whole[2]):
+        assert_close(g, w, atol=1e-5, rtol=1e-4)
+
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++") or shutil.which("clang++")),
+                    reason="torch.compile's CPU backend builds C++ kernels: no C++ compiler (c++, g++, clang++) on PATH")
+def test_streaming_primitives_compile_whole_and_equal_eager():
+    """fuse_step and predict hold no host synchronisation (no .item(), no branch on tensor values):
+    each compiles as one graph (fullgraph=True fails on any break) and gives eager's numbers."""
+    model = make_model(d_model=16, num_layers=1, num_heads=2, d_ffn=32)
+    context, x = torch.randn(3, 16), torch.randn(3, 7, 5)
+    mask = torch.arange(7)[None, :] < torch.tensor([7, 3, 0])[:, None]  # a full, a padded, an empty window
+    fuse_step = torch.compile(model.fuse_step, fullgraph=True)
+    predict = torch.compile(model.predict, fullgraph=True)
+    with torch.no_grad():
+        new_context, gate = fuse_step(context, x, mask, "audio")
+        expected_context, expected_gate = model.fuse_step(context, x, mask, "audio")
+        assert_close(new_context, expected_context, atol=1e-5, rtol=1e-5)
+        assert_close(gate, expected_gate, atol=1e-5, rtol=1e-5)
+        assert_close(predict(new_context), model.predict(expected_context), atol=1e-5, rtol=1e-5)
 
 # -- errors ------------------------------------------------------------------------------------
 
