@@ -8,7 +8,6 @@ import subprocess
 import sys
 import time
 import urllib.request
-import wave
 from pathlib import Path
 
 import numpy as np
@@ -114,25 +113,10 @@ def test_the_page_loads_nothing_from_elsewhere():
 
 @pytest.fixture(scope="module")
 def fake_devices(tmp_path_factory) -> tuple[Path, Path]:
-    """The MOSI clip as Chromium's fake camera (y4m: 4:2:0 frames) and microphone (16-bit wav)."""
-    import cv2
+    """The MOSI clip as Chromium's fake camera (y4m) and microphone (wav)."""
+    from grf_stream.console.devices import write_fake_devices
 
-    from grf_stream.features.media import read_audio, video_frames
-
-    folder = tmp_path_factory.mktemp("devices")
-    frames = list(video_frames(CLIP, 30.0))
-    height, width = frames[0].shape[:2]
-    with open(folder / "clip.y4m", "wb") as y4m:
-        y4m.write(f"YUV4MPEG2 W{width} H{height} F30:1 Ip A1:1 C420jpeg\n".encode())
-        for frame in frames:
-            y4m.write(b"FRAME\n" + cv2.cvtColor(frame, cv2.COLOR_BGR2YUV_I420).tobytes())
-    sound = read_audio(CLIP)
-    with wave.open(str(folder / "clip.wav"), "wb") as wav:
-        wav.setnchannels(1)
-        wav.setsampwidth(2)
-        wav.setframerate(sound.sample_rate)
-        wav.writeframes((np.clip(sound.samples, -1, 1) * 32767).astype("<i2").tobytes())
-    return folder / "clip.y4m", folder / "clip.wav"
+    return write_fake_devices(CLIP, tmp_path_factory.mktemp("devices"))
 
 
 @pytest.fixture
@@ -140,12 +124,13 @@ def browser(fake_devices):
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
-    video, audio = fake_devices
+    from grf_stream.console.devices import chromium_flags
+
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,860",
-                 "--use-fake-ui-for-media-stream", "--use-fake-device-for-media-stream",
-                 f"--use-file-for-fake-video-capture={video}", f"--use-file-for-fake-audio-capture={audio}"):
+    for flag in ["--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1280,860",
+                 "--autoplay-policy=no-user-gesture-required",  # audio without a click, for the worklet test
+                 *chromium_flags(*fake_devices)]:
         options.add_argument(flag)
     options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     driver = webdriver.Chrome(options=options, service=Service(CHROMEDRIVER))
@@ -222,4 +207,42 @@ for (const [modality, colour] of Object.entries(hex)) {
   counts[modality] = n;
 }
 return counts;
+"""
+
+
+@needs_browser
+@needs_clip
+@pytest.mark.parametrize("context_rate", [16000, 48000])
+def test_the_microphone_worklet_sends_100_ms_of_pcm16_at_16_khz_whatever_the_browser_rate(console, browser,
+                                                                                          context_rate):
+    """A 440 Hz tone at half scale through the page's AudioWorklet, in a context at 16 kHz (what the
+    page asks for) and at 48 kHz (where a browser will not resample: the worklet then does)."""
+    browser.get(console)
+    chunks = browser.execute_async_script(TONE_THROUGH_THE_WORKLET, context_rate)
+    assert not isinstance(chunks, str), chunks  # a str is the page's error
+    samples = np.frombuffer(bytes(chunks[-1]), "<i2").astype(float)  # the wire's byte order: little-endian
+    assert len(samples) == 1600  # 100 ms at 16 kHz
+    crossings = np.count_nonzero(np.diff(np.signbit(samples)))
+    assert crossings / 2 / 0.1 == pytest.approx(440, abs=15)
+    assert np.abs(samples).max() / 32767 == pytest.approx(0.5, abs=0.05)
+
+
+# Three chunks from the worklet fed a tone, as lists of bytes; or the error, as a str.
+TONE_THROUGH_THE_WORKLET = """
+const [rate, done] = arguments;
+(async () => {
+  const context = new AudioContext({sampleRate: rate});
+  await context.audioWorklet.addModule("/page/pcm16-worklet.js");
+  const chunker = new AudioWorkletNode(context, "pcm16-chunker");
+  const tone = new OscillatorNode(context, {frequency: 440});
+  tone.connect(new GainNode(context, {gain: 0.5})).connect(chunker);
+  chunker.connect(context.destination);
+  const chunks = [];
+  chunker.port.onmessage = (event) => {
+    chunks.push(Array.from(new Uint8Array(event.data)));
+    if (chunks.length === 3) { context.close(); done(chunks); }
+  };
+  tone.start();
+  await context.resume();
+})().catch((error) => done(String(error)));
 """

@@ -31,11 +31,12 @@ $("phrase-form").onsubmit = (event) => {
 plot.draw();
 
 async function start() {
+  const clicked = performance.now();  // the first prediction is timed from here
   reset();
   $("start").disabled = true;
   const socket = await connect();
   live = { socket, session: `console-${Math.random().toString(16).slice(2, 10)}`, seq: 0, timers: [],
-           stream: null, audio: null, started: performance.now() };
+           stream: null, audio: null, started: clicked };
   $("stop").disabled = false;
   const stream = await capture();
   live.stream = stream;
@@ -44,8 +45,8 @@ async function start() {
   if (stream && stream.getAudioTracks().length) modalities.push("audio");
   modalities.push("text");
   send("hello", { modalities, window: "window", sample_rate: SAMPLE_RATE, window_s: WINDOW_S, carry_context: false });
-  if (modalities.includes("video")) await streamFrames(stream);
-  if (modalities.includes("audio")) await streamMicrophone(stream);
+  await Promise.all([modalities.includes("video") && streamFrames(stream),
+                     modalities.includes("audio") && streamMicrophone(stream)]);
   live.timers.push(setInterval(() => send("stats"), 1000));
   const session = live.session;
   setTimeout(() => {
@@ -130,12 +131,20 @@ async function streamFrames(stream) {
 }
 
 async function streamMicrophone(stream) {
-  const audio = new AudioContext({ sampleRate: SAMPLE_RATE });
+  let audio = new AudioContext({ sampleRate: SAMPLE_RATE });
+  let source;
+  try {
+    source = audio.createMediaStreamSource(stream);
+  } catch (error) {  // Firefox: a microphone at another rate cannot feed a 16 kHz context; the worklet resamples
+    audio.close();
+    audio = new AudioContext();
+    source = audio.createMediaStreamSource(stream);
+  }
   live.audio = audio;
   await audio.audioWorklet.addModule("/page/pcm16-worklet.js");
   const chunker = new AudioWorkletNode(audio, "pcm16-chunker");
   chunker.port.onmessage = (event) => send("audio", { pcm: new Uint8Array(event.data), sample_rate: SAMPLE_RATE });
-  audio.createMediaStreamSource(stream).connect(chunker);
+  source.connect(chunker);
   chunker.connect(audio.destination);  // silent, but a node nobody listens to may never be run
   await audio.resume();
 }
