@@ -2,9 +2,11 @@
 
 In one run: the model-only time of one fusion step (FusionService, no Ray, no sockets), back to
 back and at the sessions' pace of one step every 100 ms (on an otherwise idle machine a step that
-follows 100 ms of sleep runs slower: cold caches and a CPU woken up); a Ray actor round trip
-carrying one step, at the same pace (the floor under one fusion call per step); then the real server, batched (max_batch=64) and unbatched (max_batch=1), with 1, 8, 32 and 128 concurrent
-sessions, each sending one `features` step every 100 ms (1 s of audio, 1 s of video or a phrase of
+follows 100 ms of sleep runs slower: cold caches and a CPU woken up); the hop that carries one step
+to a fusion actor and its result back, at the same pace, both ways the server can take it (a plain
+Ray actor call, and the ZeroMQ data plane of grf_stream/serving/channel.py, alternating, to the
+same actor); then the real server, batched (max_batch=64) over each data plane and unbatched
+(max_batch=1), with 1, 8, 32 and 128 concurrent sessions, each sending one `features` step every 100 ms (1 s of audio, 1 s of video or a phrase of
 text, in turn), timed from sending a message to receiving its prediction (after a 1 s warm-up); then one long run at
 32 sessions to see whether latency grows (p99 of the first and of the last 10 s).
 
@@ -30,7 +32,8 @@ from report import command_line, cpu_name, write_section
 from grf_stream.default_model import load_serving_model
 from grf_stream.model import GRF
 from grf_stream.serving import protocol as p
-from grf_stream.serving.engine import FusionService, StepRequest
+from grf_stream.serving.channel import Channel, ChannelServer
+from grf_stream.serving.engine import FusionService, StepRequest, StepResult
 
 ROOT = Path(__file__).resolve().parents[1]
 PERIOD_S = 0.1  # each session sends a step every 100 ms
@@ -76,33 +79,55 @@ def model_step_ms(sessions: int = 1, device: str = "cpu", repeats: int = 300, pe
 
 
 class Echo:
-    """A Ray actor that does nothing: its round trip is the floor one fusion call per step stands on."""
+    """A fusion actor that does nothing, reachable both ways: its round trip is the floor under one
+    fusion call per step."""
 
-    def step(self, requests: list[StepRequest]) -> list[StepRequest]:
-        return requests
+    threads = 1
+
+    def __init__(self):
+        self.channel = ChannelServer(self)
+
+    def address(self) -> str:
+        return self.channel.address
+
+    def step(self, requests: list[StepRequest]) -> list[StepResult]:
+        return [StepResult(r.session, r.seq, 0, 1, r.modality, (r.modality,), 0.0, 0.0, np.zeros(64, np.float32))
+                for r in requests]
 
 
-def ray_round_trip_ms(repeats: int = 130, period: float = PERIOD_S) -> dict[str, float]:
-    """One step's request to an actor and back (what the front-end sends the fusion actor), at the
-    sessions' pace, on a Ray of its own like the server's (half a CPU per actor)."""
+def hop_ms(repeats: int = 130, period: float = PERIOD_S) -> dict[str, dict[str, float]]:
+    """One step's request to an actor and its result back, at the sessions' pace, by Ray call and by
+    the data plane in turn, on a Ray of its own like the server's (half a CPU per actor)."""
     import ray
+    import zmq.asyncio
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
     ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, log_to_driver=False)
-    try:
+
+    async def there() -> bool:
+        return True
+
+    async def measure():
         echo = ray.remote(num_cpus=0.5)(Echo).remote()
+        channel = Channel(await echo.address.remote(), zmq.asyncio.Context.instance())
         modality, x = step_windows(SERVED_SIZES, np.random.default_rng(0))[0]
         request = [StepRequest("s", 0, modality, x, np.ones(len(x), bool))]
-        times = []
+        hops = {"ray": lambda: echo.step.remote(request), "zmq": lambda: channel.call("step", (request,), there)}
+        times = {name: [] for name in hops}
         for _ in range(repeats):
-            started = time.perf_counter()
-            ray.get(echo.step.remote(request))
-            times.append((time.perf_counter() - started) * 1000)
-            time.sleep(period)
+            for name, hop in hops.items():
+                started = time.perf_counter()
+                await hop()
+                times[name].append((time.perf_counter() - started) * 1000)
+                await asyncio.sleep(period)
+        channel.close()
+        return {name: percentiles(t[WARMUP_CALLS:]) for name, t in times.items()}
+
+    try:
+        return asyncio.run(measure())
     finally:
         ray.shutdown()
-    return percentiles(times[WARMUP_CALLS:])
 
 
 def model_only_table(device: str) -> str:
@@ -121,11 +146,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(max_batch: int) -> tuple[subprocess.Popen, str]:
+def start_server(max_batch: int, data_plane: str) -> tuple[subprocess.Popen, str]:
     port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "RAY_AUTH_MODE": os.environ.get("RAY_AUTH_MODE", "disabled")}
     process = subprocess.Popen(
         [sys.executable, "-m", "grf_stream.serve", f"port={port}", f"max_batch={max_batch}", "max_sessions=512",
+         f"data_plane={data_plane}",
          "stats_every_s=1000", "tensorboard_dir=/tmp/grf_serve_bench"],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     while "grf-stream serving" not in (line := process.stdout.readline()):
@@ -185,22 +211,24 @@ def summarize(records, seconds: float, warmup_s: float = 1.0) -> dict[str, float
             "steps_per_s": len(records) / seconds}
 
 
-def report(model_ms, paced_ms, ray_ms, results, long_run, args) -> str:
+def report(model_ms, paced_ms, hops, results, long_run, args) -> str:
     lines = [
         f"Machine: {cpu_name()}, {os.cpu_count()} cores, torch {torch.__version__}; the server, "
         "its Ray actors and this load generator share the machine.",
         f"Model-only fusion step (FusionService, one session, 1 thread): back to back p50 {model_ms['p50']:.2f} ms, "
         f"p99 {model_ms['p99']:.2f} ms; one step every {PERIOD_S * 1000:.0f} ms, as a session sends them, "
         f"p50 {paced_ms['p50']:.2f} ms, p99 {paced_ms['p99']:.2f} ms.",
-        f"A Ray actor round trip carrying one step's request (an actor that returns it) at the same pace: "
-        f"p50 {ray_ms['p50']:.2f} ms, p99 {ray_ms['p99']:.2f} ms.",
+        "The hop to a fusion actor and back carrying one step (an actor that answers at once), at the same "
+        f"pace: Ray actor call p50 {hops['ray']['p50']:.2f} ms, p99 {hops['ray']['p99']:.2f} ms; ZeroMQ data plane "
+        f"p50 {hops['zmq']['p50']:.2f} ms, p99 {hops['zmq']['p99']:.2f} ms.",
         "Overhead = end to end minus the model-only step at the sessions' pace (p50 minus p50, p99 minus p99).",
         "",
-        "| sessions | mode | steps/s offered | steps/s answered | p50 ms | p99 ms | overhead p50 ms | overhead p99 ms |",
-        "|---|---|---|---|---|---|---|---|",
+        "| sessions | mode | data plane | steps/s offered | steps/s answered | p50 ms | p99 ms | overhead p50 ms | "
+        "overhead p99 ms |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
-    for (sessions, mode), r in results.items():
-        lines.append(f"| {sessions} | {mode} | {sessions * 10} | {r['steps_per_s']:.0f} | {r['p50']:.1f} | "
+    for (sessions, mode, plane), r in results.items():
+        lines.append(f"| {sessions} | {mode} | {plane} | {sessions * 10} | {r['steps_per_s']:.0f} | {r['p50']:.1f} | "
                      f"{r['p99']:.1f} | {r['p50'] - paced_ms['p50']:.1f} | {r['p99'] - paced_ms['p99']:.1f} |")
     if long_run:
         lines += ["", f"Long run, 32 sessions batched, {args.long_seconds:.0f} s: p99 {long_run[0]:.1f} ms in the "
@@ -219,13 +247,13 @@ def main() -> None:
     if args.model_only:
         print(model_only_table(args.model_only))
         return
-    model_ms, paced_ms, ray_ms = model_step_ms(), model_step_ms(repeats=130, period=PERIOD_S), ray_round_trip_ms()
+    model_ms, paced_ms, hops = model_step_ms(), model_step_ms(repeats=130, period=PERIOD_S), hop_ms()
     sizes = SERVED_SIZES
     results, long_run = {}, None
-    for mode, max_batch in (("batched", 64), ("unbatched", 1)):
-        process, address = start_server(max_batch)
+    for mode, max_batch, plane in (("batched", 64, "zmq"), ("batched", 64, "ray"), ("unbatched", 1, "zmq")):
+        process, address = start_server(max_batch, plane)
         try:
-            if mode == "batched" and args.long_seconds:  # first, on a server with no backlog
+            if (mode, plane) == ("batched", "zmq") and args.long_seconds:  # first, on a server with no backlog
                 records = asyncio.run(load(address, 32, args.long_seconds, sizes))
                 t0 = min(t for t, _ in records)
                 first = [ms for t, ms in records if 1.0 <= t - t0 < 11.0]  # after the 1 s warm-up
@@ -233,13 +261,13 @@ def main() -> None:
                 long_run = (float(np.percentile(first, 99)), float(np.percentile(last, 99)))
             for sessions in args.sessions:
                 records = asyncio.run(load(address, sessions, args.seconds, sizes))
-                results[sessions, mode] = summarize(records, args.seconds)
-                print(sessions, mode, results[sessions, mode], flush=True)
+                results[sessions, mode, plane] = summarize(records, args.seconds)
+                print(sessions, mode, plane, results[sessions, mode, plane], flush=True)
                 time.sleep(10)  # an overloaded run leaves queued steps: let the server drain them
         finally:
             process.terminate()
             process.wait(timeout=30)
-    body = report(model_ms, paced_ms, ray_ms, results, long_run, args)
+    body = report(model_ms, paced_ms, hops, results, long_run, args)
     print("\n" + body)
     if args.write:
         write_section(args.write, "serve-latency", "Serving latency", body, command_line("serve_latency.py"))

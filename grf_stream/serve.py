@@ -49,6 +49,9 @@ class ServeConfig:
     """Extractor actors per raw modality (text, audio, video)."""
     use_gpu: bool = False
     """Run each fusion actor on a GPU (set automatically when the cluster has one)."""
+    data_plane: str = "zmq"
+    """How steps reach the fusion actors: "zmq", a ZeroMQ channel per actor (a fraction of a Ray
+    call), or "ray", plain Ray actor calls. Ray places and restarts the actors either way."""
     max_sessions: int = 256
     idle_timeout_s: float = 30.0
     max_batch: int = 64
@@ -182,7 +185,7 @@ async def serve(config: ServeConfig) -> None:
     def copies(shard: int):
         return {s.id: s.state for s in frontend.sessions.values() if frontend.batcher.shard(s.id) == shard}
 
-    fusion = RayFusion(config.checkpoint or None, config.fusion_actors, config.use_gpu, copies)
+    fusion = RayFusion(config.checkpoint or None, config.fusion_actors, config.use_gpu, copies, config.data_plane)
     extractors = RayExtractors(start_extractor_pools(raw, config.extractors_per_modality)) if raw else None
     if config.warm:  # serving only once every actor is up and warm: a first chunk waits for nothing else
         await asyncio.gather(fusion.warm(), *([extractors.warm()] if extractors else []))
@@ -201,6 +204,7 @@ async def serve(config: ServeConfig) -> None:
         await Server(frontend, socket, config).run()
     finally:
         frontend.shutdown()
+        fusion.shutdown()
         while not frontend.outbox.empty():  # the send loop is gone: say the last words here
             identity, message = frontend.outbox.get_nowait()
             await socket.send_multipart([identity, p.encode(message)])

@@ -77,6 +77,7 @@ class FusionService:
         if model.config.init == "sequence":
             raise ValueError("init: sequence is the released code's reproduction mode; a stream needs a "
                              "one-token context (init: pooled or learned)")
+        self.threads = threads
         torch.set_num_threads(threads)  # a busy second core otherwise slows torch many times over
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()

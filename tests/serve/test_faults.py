@@ -32,14 +32,14 @@ def small_model(tmp_path):
     return model, tmp_path / "small.pt"
 
 
-def frontend(checkpoint, extractors=None):
+def frontend(checkpoint, extractors=None, data_plane="zmq"):
     front: FrontEnd | None = None
 
     def copies(shard):
         return {s.id: s.state for s in front.sessions.values() if front.batcher.shard(s.id) == shard}
 
-    front = FrontEnd(SIZES, {"audio": 100.0, "video": 30.0}, RayFusion(checkpoint, 1, False, copies), extractors,
-                     FrontEndConfig())
+    fusion = RayFusion(checkpoint, 1, False, copies, data_plane)
+    front = FrontEnd(SIZES, {"audio": 100.0, "video": 30.0}, fusion, extractors, FrontEndConfig())
     return front
 
 
@@ -53,14 +53,15 @@ async def send(front, messages, wait_for: int):
     return out
 
 
+@pytest.mark.parametrize("data_plane", ["zmq", "ray"])
 @pytest.mark.parametrize("restarted_before_next_step", [False, True])
-def test_killing_the_fusion_actor_mid_stream_keeps_every_context(restarted_before_next_step, tmp_path):
+def test_killing_the_fusion_actor_mid_stream_keeps_every_context(restarted_before_next_step, data_plane, tmp_path):
     model, checkpoint = small_model(tmp_path)
     rng = np.random.default_rng(0)
     data = {f"s{i}": {m: rng.standard_normal((3 + i, d)).astype(np.float32) for m, d in SIZES.items()} for i in range(4)}
 
     async def scenario():
-        front = frontend(checkpoint)
+        front = frontend(checkpoint, data_plane=data_plane)
         runner = asyncio.create_task(front.batcher.run_shard(0))
         await send(front, [p.Hello(s, 0, 0.0, ORDER, "window") for s in data], 0)
         await asyncio.sleep(0.5)
