@@ -169,7 +169,7 @@ def measure(args, threads: int, samples: list[Sample]) -> dict[str, float]:
 
 def report(results: dict[int, dict[str, float]], args) -> str:
     lines = [
-        f"Machine: {cpu_name()}, {os.cpu_count()} cores (shared with other work while measuring), "
+        f"Machine: {cpu_name()}, {os.cpu_count()} cores, "
         f"torch {torch.__version__}.",
         f"Setting: {args.samples} synthetic samples of unaligned CMU-MOSI shapes (text 50x300, vision 500x20, "
         "audio 375x5; each sample's length per modality uniform between half and all steps), batch 32, the same "

@@ -85,6 +85,8 @@ async def relay(request: web.Request) -> web.WebSocketResponse:
 
 
 async def send_replies(server: zmq.asyncio.Socket, page: web.WebSocketResponse) -> None:
-    while not page.closed:
-        reply = await server.recv()
-        await page.send_bytes(reply)
+    try:
+        while not page.closed:
+            await page.send_bytes(await server.recv())
+    except ConnectionResetError:  # the page went away between a reply's arrival and its sending
+        pass
