@@ -10,6 +10,7 @@ at most `max_queued_steps`: a full one holds the sessions' workers back.
 from __future__ import annotations
 
 import asyncio
+import sys
 import zlib
 from dataclasses import dataclass
 from typing import Awaitable, Callable, Protocol
@@ -104,5 +105,7 @@ class Batcher:
 async def run_control(control: Control) -> None:
     try:
         await control.run()
-    except Exception:  # a session closing while its actor restarts: nothing left to undo
-        pass
+    except Exception as error:  # e.g. a session closing while its actor restarts: nothing left to undo,
+        # but said, so that a failure that is not a fault (a bug) cannot pass unseen
+        print(f"grf-stream: a segment end or a close failed on the fusion side: {error!r}", file=sys.stderr,
+              flush=True)
