@@ -9,6 +9,7 @@ the page speaks exactly what every other client speaks, and the server sees one 
 from __future__ import annotations
 
 import asyncio
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -37,15 +38,23 @@ def build_app(config: ConsoleConfig) -> web.Application:
     app = web.Application()
     app["config"] = config
     app["zmq"] = zmq.asyncio.Context()
+    app["pages"] = weakref.WeakSet()  # open WebSockets, closed on shutdown
     app.router.add_get("/", index)
     app.router.add_get("/ws", relay)
     app.router.add_static("/page/", PAGE)
+    app.on_shutdown.append(close_pages)
     app.on_cleanup.append(close_zmq)
     return app
 
 
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(PAGE / "index.html")
+
+
+async def close_pages(app: web.Application) -> None:
+    """Ctrl-C: an open page would otherwise hold the console for aiohttp's whole shutdown timeout."""
+    for page in list(app["pages"]):
+        await page.close(code=WSCloseCode.GOING_AWAY, message=b"the console is stopping")
 
 
 async def close_zmq(app: web.Application) -> None:
@@ -67,6 +76,7 @@ async def relay(request: web.Request) -> web.WebSocketResponse:
     config: ConsoleConfig = request.app["config"]
     page = web.WebSocketResponse(max_msg_size=config.max_message_bytes)
     await page.prepare(request)
+    request.app["pages"].add(page)
     server = request.app["zmq"].socket(zmq.DEALER)
     server.setsockopt(zmq.LINGER, 0)
     server.connect(config.server)

@@ -4,6 +4,7 @@ headless Chromium whose camera and microphone are the MOSI clip of ../shared/dat
 import asyncio
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -96,6 +97,33 @@ def test_another_web_site_cannot_open_the_relay(console):
     with pytest.raises(aiohttp.WSServerHandshakeError) as refused:
         exchange(console, [], replies=0, origin="http://elsewhere.example")
     assert refused.value.status == 403
+
+
+def test_ctrl_c_stops_the_console_while_a_page_is_open():
+    import aiohttp
+
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "grf_stream.console", "--port", str(port)], cwd=ROOT,
+                               stdout=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        deadline = time.time() + 60
+        while not answers(url):
+            assert process.poll() is None and time.time() < deadline, "the console did not start"
+            time.sleep(0.2)
+
+        async def hold_a_page_open():
+            async with aiohttp.ClientSession() as http:
+                async with http.ws_connect(url.replace("http", "ws") + "ws") as page:
+                    process.send_signal(signal.SIGINT)
+                    closing = await page.receive(timeout=10)  # the console says it is going away
+                    return closing.type, page.close_code
+
+        kind, code = asyncio.run(hold_a_page_open())
+        assert kind == aiohttp.WSMsgType.CLOSE and code == aiohttp.WSCloseCode.GOING_AWAY
+        assert process.wait(timeout=10) is not None
+    finally:
+        process.kill()
 
 
 def test_the_page_loads_nothing_from_elsewhere():
