@@ -97,10 +97,8 @@ class RayFusion:
 
     def shutdown(self) -> None:
         """The server is stopping: close the data-plane channels (the actors go with Ray)."""
-        for channel in self.channels:
-            if channel is not None:
-                channel.close()
-        self.channels = [None] * self.shards
+        for shard in range(self.shards):
+            self._close_channel(shard)
 
     async def _call(self, shard: int, method: str, *args):
         """Call the actor; if it was lost, re-seed its sessions once it is back and retry once."""
@@ -119,11 +117,15 @@ class RayFusion:
     async def _connect(self, shard: int) -> Channel:
         address = await self.actors[shard].data_plane.remote()
         if self.channels[shard] is None or self.channels[shard].address != address:  # or another call did it
-            if self.channels[shard] is not None:
-                self.channels[shard].close()
+            self._close_channel(shard)
             # The process-wide context: one that is garbage-collected with sockets open blocks forever.
             self.channels[shard] = Channel(address, zmq.asyncio.Context.instance())
         return self.channels[shard]
+
+    def _close_channel(self, shard: int) -> None:
+        if self.channels[shard] is not None:
+            self.channels[shard].close()
+            self.channels[shard] = None
 
     async def _still_there(self, shard: int, channel: Channel) -> bool:
         """The actor is up at the channel's address (raises if Ray has lost it for good)."""
@@ -139,8 +141,6 @@ class RayFusion:
                 if asyncio.get_running_loop().time() > deadline:
                     raise
                 await asyncio.sleep(0.1)
-        if self.channels[shard] is not None:  # the restarted actor listens elsewhere
-            self.channels[shard].close()
-            self.channels[shard] = None
+        self._close_channel(shard)  # the restarted actor listens elsewhere
         for session, state in self.copies(shard).items():
             await self._send(shard, "open", session, state)
