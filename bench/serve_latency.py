@@ -1,14 +1,15 @@
 """Serving latency: the model's own step time against end to end through `python -m grf_stream.serve`.
 
-In one run: the model-only time of one fusion step (FusionService, no Ray, no sockets), back to
-back and at the sessions' pace of one step every 100 ms (on an otherwise idle machine a step that
-follows 100 ms of sleep runs slower: cold caches and a CPU woken up); the hop that carries one step
-to a fusion actor and its result back, at the same pace, both ways the server can take it (a plain
-Ray actor call, and the ZeroMQ data plane of grf_stream/serving/channel.py, alternating, to the
-same actor); then the real server, batched (max_batch=64) over each data plane and unbatched
-(max_batch=1), with 1, 8, 32 and 128 concurrent sessions, each sending one `features` step every 100 ms (1 s of audio, 1 s of video or a phrase of
-text, in turn), timed from sending a message to receiving its prediction (after a 1 s warm-up); then one long run at
-32 sessions to see whether latency grows (p99 of the first and of the last 10 s).
+In one run: the model-only time of one fusion step (FusionService, no Ray, no sockets), back to back
+and at the sessions' pace of one step every 100 ms (on an otherwise idle machine a step that follows
+100 ms of sleep runs slower: cold caches and a CPU woken up); the hop that carries one step to a
+fusion actor and its result back, at the same pace, both ways the server can take it (a plain Ray
+actor call, and the ZeroMQ data plane of grf_stream/serving/channel.py, alternating, to the same
+actor); then the real server, batched (max_batch=64) over each data plane and unbatched
+(max_batch=1), with 1, 8, 32 and 128 concurrent sessions, each sending one `features` step every 100
+ms (1 s of audio, 1 s of video or a phrase of text, in turn), timed from sending a message to
+receiving its prediction (after a 1 s warm-up); then one long run at 32 sessions to see whether
+latency grows (p99 of the first and of the last 10 s).
 
     python bench/serve_latency.py [--seconds 10] [--long-seconds 60] [--write BENCHMARKS.md]
 """
