@@ -13,6 +13,7 @@ from torch import Tensor
 from grf_stream.data import Batch
 from grf_stream.data.streams import MediaTrack, StreamBatch, Stretch, Utterance, collate_streams, stretch_stream
 from grf_stream.model import GRFOutput
+from grf_stream.windows import cut
 from trainer.config import OptimConfig, RegimeConfig, StreamConfig
 
 Step = tuple[str, Tensor, Tensor]  # (modality, features (B, T, d), mask (B, T))
@@ -46,7 +47,8 @@ def hide_modalities(masks: dict[str, Tensor], p: float, generator: torch.Generat
 
 
 def fusion_steps(batch: Batch, order: list[str], window_steps: dict[str, int]) -> list[Step]:
-    """The batch as fusion steps: a windowed modality gives one step per window, all in time order.
+    """The batch as fusion steps: a windowed modality gives one step per window (the server's window
+    policy, grf_stream/windows.py, over the whole sequence), all in time order.
 
     Windows of different modalities interleave by where they end, as a fraction of their
     sequence: a stream can fuse a window only once it is complete, so an unwindowed modality
@@ -57,12 +59,9 @@ def fusion_steps(batch: Batch, order: list[str], window_steps: dict[str, int]) -
     for rank, m in enumerate(o for o in order if o in batch.features):
         x, mask = batch.features[m], batch.masks[m]
         length = x.shape[1]
-        size = window_steps.get(m, length)
-        for start in range(0, length, size):
-            window_mask = mask[:, start:start + size]
-            if window_mask.any():
-                end = min(start + size, length)
-                windows.append((end / length, rank, (m, x[:, start:end], window_mask)))
+        for window in cut(length, window_steps.get(m, length), ended=True):
+            if mask[:, window].any():
+                windows.append((window.stop / length, rank, (m, x[:, window], mask[:, window])))
     windows.sort(key=lambda w: w[:2])
     return [step for _, _, step in windows]
 

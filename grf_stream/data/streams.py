@@ -8,7 +8,8 @@ through all of it. A `Stream` is that timeline for (a stretch of) one labelled v
   at its utterance's end;
 - audio and video windows of `window_s` seconds all along, cut from real recordings unrelated to
   the video (the distractor media end to end, looped: a `MediaTrack`), as the server cuts them:
-  `round(window_s * rate)` rows each, a window complete once its last row is in;
+  `round(window_s * rate)` rows each, a window complete once its last row is in
+  (grf_stream/windows.py);
 - every step knows the latest phrase at or before it, whose label is what a viewer expects the
   prediction to show from then on.
 
@@ -28,6 +29,7 @@ import torch
 from grf_stream.data.distractors import Distractors
 from grf_stream.data.samples import Sample, pad
 from grf_stream.data.store import FeatureStore
+from grf_stream.windows import cut, window_rows
 
 TEXT = "text"
 
@@ -82,10 +84,6 @@ class MediaTrack:
         self.rows = {m: np.concatenate([r for r, _ in distractors.sequences[m]]) for m in self.modalities}
         self.masks = {m: np.concatenate([k for _, k in distractors.sequences[m]]) for m in self.modalities}
 
-    def window_rows(self, modality: str, window_s: float) -> int:
-        """Rows in one window: the server's rule (grf_stream/serving/frontend.py, on_rows)."""
-        return max(1, round(window_s * self.rates[modality]))
-
     def cut(self, modality: str, start: int, size: int) -> tuple[np.ndarray, np.ndarray]:
         index = (start + np.arange(size)) % len(self.rows[modality])
         return self.rows[modality][index], self.masks[modality][index]
@@ -108,15 +106,16 @@ def build_stream(name: str, utterances: list[Utterance], track: MediaTrack, wind
                  end: float, offsets: dict[str, int]) -> Stream:
     """The steps of the stretch [begin, end] of a video (seconds), in the order a server fuses them.
 
-    Windows complete every window_rows / rate seconds from `begin`; a phrase at its utterance's
-    end. Steps complete at the same moment go in the track's modality order, text last.
+    Each modality's rows from `begin` are cut by the server's window policy (grf_stream/windows.py):
+    a window completes with its last row; a phrase at its utterance's end. Steps complete at the same
+    moment go in the track's modality order, text last. The stream goes on past `end`, so a window
+    not yet whole there is not a step (as for a live client, which never ends a segment).
     """
     events = []
     for rank, m in enumerate(track.modalities):
-        size = track.window_rows(m, window_s)
-        period = size / track.rates[m]
-        for k in range(int((end - begin) / period + 1e-9)):
-            events.append(((k + 1) * period, rank, m, *track.cut(m, offsets[m] + k * size, size), None))
+        rate, size = track.rates[m], window_rows(window_s, track.rates[m])
+        for window in cut(int((end - begin) * rate + 1e-9), size, ended=False):
+            events.append((window.stop / rate, rank, m, *track.cut(m, offsets[m] + window.start, size), None))
     for i, u in enumerate(utterances):
         text = u.sample.features[TEXT], u.sample.masks[TEXT]
         events.append((u.end - begin, len(track.modalities), TEXT, *text, i))
