@@ -1,8 +1,9 @@
 """Fusion on Ray: `FusionService` as restartable actors, and the front-end's backend over them.
 
-The actor holds the sessions' contexts. When it dies, Ray restarts it empty; the front-end's copies
-re-seed every session of that shard and the step that was in flight is retried once, so the
-sessions go on with the same context.
+The actor holds the sessions' contexts. When it dies, Ray restarts it empty; once it is back the
+backend says so (ShardLost), and the front-end (serving/engine.py, SeededFusion) seeds every session
+of that shard from its copies and retries the call that was in flight, so the sessions go on with
+the same context.
 
 Ray is the control plane: it places the actors, restarts them, and tells the front-end where each
 one's data plane is. The calls that carry the steps travel over that data plane, a ZeroMQ channel
@@ -21,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
-from typing import Callable
 
 import ray
 import zmq.asyncio
@@ -29,7 +29,7 @@ from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from grf_stream.default_model import load_serving_model
 from grf_stream.serving.channel import Channel, ChannelLost, ChannelServer
-from grf_stream.serving.engine import FusionService, FusionState, StepRequest, StepResult, UnknownSession
+from grf_stream.serving.engine import FusionService, FusionState, ShardLost, StepRequest, StepResult
 
 ACTOR_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
 DATA_PLANES = ("zmq", "ray")
@@ -67,8 +67,7 @@ def start_fusion_actors(checkpoint: str | Path | None, shards: int, use_gpu: boo
 class RayFusion:
     """The front-end's fusion backend over Ray actors (see `grf_stream.serving.batcher.FusionBackend`)."""
 
-    def __init__(self, checkpoint: str | Path | None, shards: int, use_gpu: bool,
-                 copies: Callable[[int], dict[str, FusionState]], data_plane: str = "zmq",
+    def __init__(self, checkpoint: str | Path | None, shards: int, use_gpu: bool, data_plane: str = "zmq",
                  restart_timeout_s: float = 60):
         if data_plane not in DATA_PLANES:
             raise ValueError(f"data_plane={data_plane!r}: choose one of {', '.join(DATA_PLANES)}")
@@ -76,7 +75,6 @@ class RayFusion:
         self.actors = start_fusion_actors(checkpoint, shards, use_gpu, frontend_node)
         self.shards, self.data_plane = shards, data_plane
         self.channels: list[Channel | None] = [None] * shards
-        self.copies = copies  # shard -> the front-end's state copy of each of its sessions
         self.restart_timeout_s = restart_timeout_s
 
     async def warm(self) -> None:
@@ -101,12 +99,12 @@ class RayFusion:
             self._close_channel(shard)
 
     async def _call(self, shard: int, method: str, *args):
-        """Call the actor; if it was lost, re-seed its sessions once it is back and retry once."""
+        """Call the actor; if it was lost, wait until Ray has it back, then say that it lost its sessions."""
         try:
             return await self._send(shard, method, *args)
-        except (*ACTOR_LOST, ChannelLost, UnknownSession):  # died mid-call, or restarted without our sessions
-            await self._reseed(shard)
-            return await self._send(shard, method, *args)
+        except (*ACTOR_LOST, ChannelLost):  # died mid-call, or restarted at another address
+            await self._wait_for_restart(shard)
+            raise ShardLost(f"fusion actor {shard} was restarted without its sessions") from None
 
     async def _send(self, shard: int, method: str, *args):
         if self.data_plane == "ray":
@@ -131,7 +129,7 @@ class RayFusion:
         """The actor is up at the channel's address (raises if Ray has lost it for good)."""
         return await self.actors[shard].data_plane.remote() == channel.address
 
-    async def _reseed(self, shard: int) -> None:
+    async def _wait_for_restart(self, shard: int) -> None:
         deadline = asyncio.get_running_loop().time() + self.restart_timeout_s
         while True:
             try:
@@ -142,5 +140,3 @@ class RayFusion:
                     raise
                 await asyncio.sleep(0.1)
         self._close_channel(shard)  # the restarted actor listens elsewhere
-        for session, state in self.copies(shard).items():
-            await self._send(shard, "open", session, state)

@@ -180,12 +180,7 @@ async def serve(config: ServeConfig) -> None:
     raw = [m for m in model.config.modalities if m in EXTRACTORS]
     refuse_mismatched_features(spec, raw)
     start_ray(config)
-    frontend: FrontEnd | None = None
-
-    def copies(shard: int):
-        return {s.id: s.state for s in frontend.sessions.values() if frontend.batcher.shard(s.id) == shard}
-
-    fusion = RayFusion(config.checkpoint or None, config.fusion_actors, config.use_gpu, copies, config.data_plane)
+    fusion = RayFusion(config.checkpoint or None, config.fusion_actors, config.use_gpu, config.data_plane)
     extractors = RayExtractors(start_extractor_pools(raw, config.extractors_per_modality)) if raw else None
     if config.warm:  # serving only once every actor is up and warm: a first chunk waits for nothing else
         await asyncio.gather(fusion.warm(), *([extractors.warm()] if extractors else []))

@@ -13,20 +13,9 @@ import asyncio
 import sys
 import zlib
 from dataclasses import dataclass
-from typing import Awaitable, Callable, Protocol
+from typing import Awaitable, Callable
 
-from grf_stream.serving.engine import FusionState, StepRequest, StepResult
-
-
-class FusionBackend(Protocol):
-    """Where fusion runs: `shards` independent services, a session always on the same one."""
-
-    shards: int
-
-    async def open(self, shard: int, session: str, state: FusionState | None) -> None: ...
-    async def step(self, shard: int, requests: list[StepRequest]) -> list[StepResult]: ...
-    async def end_segment(self, shard: int, session: str, carry_context: bool) -> None: ...
-    async def close(self, shard: int, session: str) -> None: ...
+from grf_stream.serving.engine import FusionBackend, StepRequest, StepResult
 
 
 @dataclass

@@ -2,7 +2,8 @@
 
 A plain class (no Ray): `actors/fusion.py` runs it as a Ray actor, tests drive it directly.
 
-Each session has a `FusionState` (its context h, segment, step count, modalities fused so far).
+Each session has a `FusionState` (its context h, segment, step count, modalities fused so far); the
+service keeps the context on its device between steps, and each result carries a host copy back.
 `step()` takes the pending steps of many sessions at once and runs them in as few model calls as
 possible: the first step of a segment through (1)-(3), later steps through (4)-(8), grouped by
 modality (each has its own projection), padded in time with masks so that a batched step gives the
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -25,14 +27,24 @@ class UnknownSession(KeyError):
     """A step for a session this service does not hold (never opened, or lost in a restart)."""
 
 
+class ShardLost(RuntimeError):
+    """A shard's service restarted and holds none of its sessions (said by a backend once it is back)."""
+
+
 @dataclass
 class FusionState:
-    """One session's streaming state: what the front-end also keeps a copy of."""
+    """One session's streaming state; the front-end keeps a copy of it (see SeededFusion)."""
 
-    context: np.ndarray | None = None  # (d,) float32; None until the segment's first step
+    context: Any = None  # (d,) float32, None until the segment's first step: on the service's device
+    # a tensor, in the front-end's copy a numpy array
     segment: int = 0
     step: int = 0  # steps fused in this segment
     modalities: list[str] = field(default_factory=list)  # the context holds these, in first-fused order
+
+    @classmethod
+    def after(cls, result: "StepResult") -> "FusionState":
+        """The state a step left its session in, as its result tells it (the context as numpy)."""
+        return cls(result.context, result.segment, result.step, list(result.modalities))
 
     def snapshot(self) -> "FusionState":
         """A copy to restore after a failed call. Shallow is enough: a step replaces `context` with a
@@ -67,7 +79,7 @@ class StepResult:
     modalities: tuple[str, ...]
     value: float  # the sentiment prediction after this step
     gate: float  # mean update gate z of the step (0 for a segment's first step)
-    context: np.ndarray  # (d,) the new context: the front-end's copy for re-seeding
+    context: np.ndarray  # (d,) the new context, on the host: the front-end's copy for re-seeding
 
 
 class FusionService:
@@ -87,7 +99,11 @@ class FusionService:
 
     def open(self, session: str, state: FusionState | None = None) -> None:
         """Start a session, or re-seed it from the front-end's copy after this service restarted."""
-        self.states[session] = state if state is not None else FusionState()
+        if state is None:
+            state = FusionState()
+        elif state.context is not None:  # the copy is on the host; the context lives on the device
+            state = dataclasses.replace(state, context=torch.as_tensor(state.context, device=self.device))
+        self.states[session] = state
 
     def end_segment(self, session: str, carry_context: bool = False) -> int:
         state = self._state(session)
@@ -163,20 +179,22 @@ class FusionService:
             context = self.model.init_context(x, mask, modality)  # (1)-(3)
             gate = torch.zeros_like(context)
         else:
-            previous = torch.from_numpy(np.stack([s.context for s in states])).to(self.device)
+            previous = torch.stack([s.context for s in states])  # already on the device
             context, gate = self.model.fuse_step(previous, x, mask, modality)  # (4)-(8)
         values = self.model.predict(context).cpu().numpy()  # (9)
-        contexts = context.cpu().numpy()
+        copies = context.cpu().numpy()  # one transfer for the whole group: the front-end's copies
         gates = gate.mean(dim=-1).cpu().numpy()
-        return [self._advance(r, s, c, v, g) for r, s, c, v, g in zip(group, states, contexts, values, gates)]
+        return [self._advance(r, s, context[i], copies[i], values[i], gates[i])
+                for i, (r, s) in enumerate(zip(group, states))]
 
-    def _advance(self, request: StepRequest, state: FusionState, context, value, gate) -> StepResult:
+    def _advance(self, request: StepRequest, state: FusionState, context: torch.Tensor, copy: np.ndarray,
+                 value, gate) -> StepResult:
         state.context = context
         state.step += 1
         if request.modality not in state.modalities:
             state.modalities.append(request.modality)
         return StepResult(request.session, request.seq, state.segment, state.step, request.modality,
-                          tuple(state.modalities), float(value), float(gate), context)
+                          tuple(state.modalities), float(value), float(gate), copy)
 
     def _pad(self, group: list[StepRequest]) -> tuple[torch.Tensor, torch.Tensor]:
         x, mask = pad([r.features for r in group], [r.mask for r in group])  # (B, T, d), (B, T)
@@ -209,3 +227,62 @@ class LocalFusion:
 
     async def close(self, shard: int, session: str) -> None:
         self.services[shard].close(session)
+
+
+class FusionBackend(Protocol):
+    """Where fusion runs: `shards` independent services, a session always on the same one."""
+
+    shards: int
+
+    async def open(self, shard: int, session: str, state: FusionState | None) -> None: ...
+    async def step(self, shard: int, requests: list[StepRequest]) -> list[StepResult]: ...
+    async def end_segment(self, shard: int, session: str, carry_context: bool) -> None: ...
+    async def close(self, shard: int, session: str) -> None: ...
+
+
+class SeededFusion:
+    """A fusion backend, with a copy of every session's state to seed a shard again that lost them.
+
+    Every result brings its session's new context back, so a copy is the service's state after the
+    last answered call. When a shard says it lost its sessions (ShardLost once its restarted actor
+    is up, or UnknownSession from a service that restarted empty), each of its sessions is opened
+    again from its copy and the call is retried once: no session loses its place.
+    """
+
+    def __init__(self, backend: FusionBackend):
+        self.backend, self.shards = backend, backend.shards
+        self.copies: list[dict[str, FusionState]] = [{} for _ in range(backend.shards)]
+
+    async def open(self, shard: int, session: str, state: FusionState | None = None) -> None:
+        await self._call(shard, "open", session, state)
+        self.copies[shard][session] = state if state is not None else FusionState()
+
+    async def step(self, shard: int, requests: list[StepRequest]) -> list[StepResult]:
+        results = await self._call(shard, "step", requests)
+        for result in results:
+            if result.session in self.copies[shard]:  # else closed while its step was in flight
+                self.copies[shard][result.session] = FusionState.after(result)
+        return results
+
+    async def end_segment(self, shard: int, session: str, carry_context: bool) -> None:
+        await self._call(shard, "end_segment", session, carry_context)
+        copy = self.copies[shard][session]
+        copy.reset(copy.segment + 1, carry_context)
+
+    async def close(self, shard: int, session: str) -> None:
+        self.copies[shard].pop(session, None)  # first: a re-seed during the close must not bring it back
+        await self._call(shard, "close", session)
+
+    def copy(self, shard: int, session: str) -> FusionState | None:
+        return self.copies[shard].get(session)
+
+    async def _call(self, shard: int, method: str, *args):
+        try:
+            return await getattr(self.backend, method)(shard, *args)
+        except (ShardLost, UnknownSession):
+            await self._reseed(shard)
+            return await getattr(self.backend, method)(shard, *args)
+
+    async def _reseed(self, shard: int) -> None:
+        for session, state in list(self.copies[shard].items()):
+            await self.backend.open(shard, session, state)

@@ -27,10 +27,11 @@ from typing import Any, Callable, Protocol
 import numpy as np
 
 from grf_stream.serving import protocol as p
-from grf_stream.serving.batcher import Batcher, Control, FusionBackend
-from grf_stream.serving.engine import StepRequest, StepResult
+from grf_stream.serving.batcher import Batcher, Control
+from grf_stream.serving.engine import FusionBackend, SeededFusion, StepRequest, StepResult
 from grf_stream.serving.modalities import BY_MESSAGE, BY_NAME, RawModality
 from grf_stream.serving.session import Session, message_bytes
+from grf_stream.windows import cut, window_rows
 
 
 class ExtractorBackend(Protocol):
@@ -66,12 +67,13 @@ class FrontEnd:
                  clock: Callable[[], float] = time.monotonic, feature_spec: dict[str, dict] | None = None):
         self.modalities = modalities  # what the model fuses: name -> feature size
         self.rates = rates  # feature rows per second of each raw modality (window policy)
-        self.fusion, self.extractors, self.config, self.clock = fusion, extractors, config, clock
+        self.fusion = SeededFusion(fusion)  # keeps every session's state to seed a restarted shard with
+        self.extractors, self.config, self.clock = extractors, config, clock
         self.feature_spec = feature_spec or {}  # told to clients in welcome
         self.sessions: dict[str, Session] = {}
         self.workers: dict[str, asyncio.Task] = {}
         self.outbox: asyncio.Queue[tuple[bytes, p.Message]] = asyncio.Queue()
-        self.batcher = Batcher(fusion, config.max_batch, config.max_wait_ms, config.max_queued_steps, clock,
+        self.batcher = Batcher(self.fusion, config.max_batch, config.max_wait_ms, config.max_queued_steps, clock,
                                self.deliver, self.step_failed)
         # (session, seq, modality) -> (when its first window was queued, windows of it not yet answered):
         # one chunk can complete several windows, and each is timed from the same moment.
@@ -263,10 +265,12 @@ class FrontEnd:
             session.hold(modality, rows, mask)
         if session.policy != "window":
             return
-        window_rows = max(1, round(session.window_s * self.rates[modality]))
-        while session.held_rows(modality) >= window_rows:
-            features, window_mask = session.take_rows(modality, window_rows)
-            await self.submit(session, seq, modality, features, window_mask)
+        size = window_rows(session.window_s, self.rates[modality])
+        windows = cut(session.held_rows(modality), size, ended=False)
+        if windows:
+            features, held_mask = session.take_rows(modality, windows[-1].stop)
+            for window in windows:
+                await self.submit(session, seq, modality, features[window], held_mask[window])
 
     def check_step_rows(self, session: Session, modality: str, rows: int, seq: int) -> None:
         """A step carries at most limits.max_step_rows rows (the model's own limit is never reached)."""
@@ -293,7 +297,6 @@ class FrontEnd:
 
         async def end() -> None:
             await self.fusion.end_segment(self.batcher.shard(session.id), session.id, session.carry_context)
-            session.end_segment()
 
         await self.batcher.put(session.id, Control(end))
 
@@ -362,7 +365,7 @@ class FrontEnd:
         started = self.forget_timing(result.session, result.seq, result.modality)
         if session is None:  # closed while its step was in flight
             return
-        session.record(result)
+        session.stats["steps"] += 1
         latency_ms = (self.clock() - started) * 1000 if started is not None else 0.0
         self.recent.append((self.clock(), latency_ms))
         if result.step > 1:  # a segment's first step has no gate

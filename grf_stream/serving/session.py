@@ -1,7 +1,6 @@
 """The front-end's view of one client stream: what it opened with, where it is, what it dropped.
 
-The fusion service holds the live context; the front-end keeps a copy (`state`) after every step so
-that a restarted fusion actor can be re-seeded and no session loses its place.
+The fusion service holds the live context (and engine.SeededFusion the front-end's copy of it).
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from grf_stream.serving import protocol as p
-from grf_stream.serving.engine import FusionState, StepResult
 
 
 @dataclass
@@ -56,7 +54,6 @@ class Session:
     last_seen: float
     last_seq: int = -1
     closing: bool = False  # bye or idle timeout seen: no more messages, queued steps still answered
-    state: FusionState = field(default_factory=FusionState)  # copy of the fusion service's
     pending: dict[str, Window] = field(default_factory=dict)  # rows not yet fused, per modality, in arrival order
     stats: Counter = field(default_factory=Counter)  # steps, errors, drops_<modality>, ...
     inbox: asyncio.Queue = field(default_factory=asyncio.Queue)  # messages for the session's worker, in order
@@ -106,13 +103,6 @@ class Session:
             del self.pending[m]
         self.partial_rows = 0  # a partial phrase taken into a step is no longer one to replace
         return steps
-
-    def record(self, result: StepResult) -> None:
-        self.state = FusionState(result.context, result.segment, result.step, list(result.modalities))
-        self.stats["steps"] += 1
-
-    def end_segment(self) -> None:
-        self.state.reset(self.state.segment + 1, self.carry_context)
 
 
 def message_bytes(message) -> int:

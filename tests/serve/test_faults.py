@@ -33,14 +33,8 @@ def small_model(tmp_path):
 
 
 def frontend(checkpoint, extractors=None, data_plane="zmq"):
-    front: FrontEnd | None = None
-
-    def copies(shard):
-        return {s.id: s.state for s in front.sessions.values() if front.batcher.shard(s.id) == shard}
-
-    fusion = RayFusion(checkpoint, 1, False, copies, data_plane)
-    front = FrontEnd(SIZES, {"audio": 100.0, "video": 30.0}, fusion, extractors, FrontEndConfig())
-    return front
+    fusion = RayFusion(checkpoint, 1, False, data_plane)
+    return FrontEnd(SIZES, {"audio": 100.0, "video": 30.0}, fusion, extractors, FrontEndConfig())
 
 
 async def send(front, messages, wait_for: int):
@@ -68,7 +62,7 @@ def test_killing_the_fusion_actor_mid_stream_keeps_every_context(restarted_befor
         got = []
         for k, m in enumerate(ORDER):
             if k == 2:
-                ray.kill(front.fusion.actors[0], no_restart=False)  # Ray restarts it, empty
+                ray.kill(front.fusion.backend.actors[0], no_restart=False)  # Ray restarts it, empty
                 if restarted_before_next_step:
                     await asyncio.sleep(3)
             msgs = [p.Features(s, k + 1, 0.0, m, xs[m], None) for s, xs in data.items()]

@@ -1,12 +1,14 @@
 """The fusion engine (grf_stream/serving/engine.py) without Ray: served predictions equal GRF.forward, sessions stay apart."""
 
+import asyncio
+
 import numpy as np
 import pytest
 import torch
 from torch.testing import assert_close
 
 from grf_stream.model import GRF, GRFConfig
-from grf_stream.serving.engine import FusionService, FusionState, StepRequest
+from grf_stream.serving.engine import FusionService, FusionState, LocalFusion, SeededFusion, ShardLost, StepRequest
 
 SIZES = {"text": 12, "audio": 5, "vision": 8}
 
@@ -95,9 +97,44 @@ def test_reseeding_from_the_front_end_copy_continues_the_same_context(model):
     results = [service.step([request("s", i, m, x)])[0] for i, (m, x) in enumerate(steps)]
 
     restarted = FusionService(model)  # a fresh actor after a crash
-    copy = FusionState(results[1].context, results[1].segment, results[1].step, list(results[1].modalities))
-    restarted.open("s", copy)
+    restarted.open("s", FusionState.after(results[1]))
     assert restarted.step([request("s", 2, *steps[2])])[0].value == pytest.approx(results[2].value, abs=1e-6)
+
+
+class Restarting(LocalFusion):
+    """One shard whose service restarts empty before the `at`-th step call, as a lost actor does;
+    `said` is how the backend tells it: ShardLost (an actor backend) or nothing (the next call fails)."""
+
+    def __init__(self, model, at: int, said: bool):
+        super().__init__([FusionService(model)])
+        self.model, self.at, self.said, self.calls = model, at, said, 0
+
+    async def step(self, shard, requests):
+        self.calls += 1
+        if self.calls == self.at:
+            self.services[0] = FusionService(self.model)
+            if self.said:
+                raise ShardLost("restarted")
+        return await super().step(shard, requests)
+
+
+@pytest.mark.parametrize("said", [True, False])
+def test_a_shard_that_restarts_empty_is_seeded_from_the_copies_and_every_session_goes_on(model, said):
+    rng = np.random.default_rng(5)
+    plan = [(s, m, window(rng, m, 3 + i)) for i in range(3) for s in ("a", "b") for m in ("text", "audio")]
+
+    async def run(fusion):
+        for session in ("a", "b"):
+            await fusion.open(0, session)
+        values = [(await fusion.step(0, [request(s, i, m, x)]))[0].value for i, (s, m, x) in enumerate(plan[:5])]
+        await fusion.end_segment(0, "a", True)  # the copy follows a segment's end too
+        return values + [(await fusion.step(0, [request(s, i, m, x)]))[0].value for i, (s, m, x) in enumerate(plan[5:])]
+
+    steady = asyncio.run(run(SeededFusion(LocalFusion([FusionService(model)]))))
+    seeded = SeededFusion(Restarting(model, at=7, said=said))
+    assert asyncio.run(run(seeded)) == pytest.approx(steady, abs=1e-6)
+    assert seeded.backend.calls >= 7 and sorted(seeded.backend.services[0].states) == ["a", "b"]
+    assert seeded.copy(0, "a").segment == 1
 
 
 def test_unknown_session_and_sequence_mode_are_refused(model):

@@ -76,7 +76,7 @@ def test_a_partial_transcript_is_replaced_not_added_to():
 
 def test_a_failing_step_fails_alone_and_every_copy_stays_in_step():
     front, _ = make_frontend()
-    service = front.fusion.services[0]
+    service = front.fusion.backend.services[0]
 
     async def scenario():
         await exchange(front, [hello("good"), hello("bad")])
@@ -98,8 +98,9 @@ def test_a_failing_step_fails_alone_and_every_copy_stays_in_step():
 
     replies = run(scenario())
     assert {(type(r), r.session) for r in replies} == {(p.Prediction, "good"), (p.Error, "bad")}
-    assert service.states["good"].step == 1 and front.sessions["good"].state.step == 1
-    np.testing.assert_array_equal(service.states["good"].context, front.sessions["good"].state.context)
+    copy = front.fusion.copy(0, "good")
+    assert service.states["good"].step == 1 and copy.step == 1
+    np.testing.assert_array_equal(service.states["good"].context.numpy(), copy.context)
     assert service.states["bad"].step == 0 and service.states["bad"].context is None
 
 
