@@ -16,7 +16,8 @@ import argparse
 import asyncio
 import signal
 import time
-from dataclasses import dataclass
+import importlib
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -72,6 +73,9 @@ class ServeConfig:
     warm: bool = True
     """Run every extractor and the model once before serving, so a session's first chunk is served
     as fast as any other (false only to measure what that saves: bench/first_chunk.py)."""
+    plugins: list[str] = field(default_factory=list)
+    """Python modules to import before serving, each adding modalities of its own
+    (grf_stream.serving.modalities.register); importable where the server and its Ray workers run."""
 
 
 class Server:
@@ -171,11 +175,22 @@ def refuse_mismatched_features(spec: FeatureSpec, raw: list[str]) -> None:
     FeatureSpec({m: spec.modalities[m] for m in raw}).check_produced_by(feature_spec(raw))
 
 
+def load_plugins(modules: list[str]) -> None:
+    """Import the modules that add modalities; one that cannot be imported stops the server, saying why."""
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except Exception as error:
+            raise SystemExit(f"plugins: {module!r} could not be imported ({type(error).__name__}: {error}): give "
+                             "a module importable from here (a dotted name, e.g. my_sensors.pulse)") from error
+
+
 async def serve(config: ServeConfig) -> None:
     from actors.extractors import RayExtractors, start_extractor_pools
     from actors.fusion import RayFusion
 
     started = time.monotonic()
+    load_plugins(config.plugins)
     model, spec, label = load_serving_model(config.checkpoint or None)
     raw = [m for m in model.config.modalities if m in EXTRACTORS]
     refuse_mismatched_features(spec, raw)

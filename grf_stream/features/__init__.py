@@ -10,19 +10,21 @@ See base.py for the interface, and text.py, audio.py, video.py for what each one
 from __future__ import annotations
 
 from grf_stream.features.audio import AudioChunk, AudioExtractor
-from grf_stream.features.base import DEFAULT_SESSION, Extractor
+from grf_stream.features.base import DEFAULT_SESSION, Extractor, SignalChunk
 from grf_stream.features.text import TextExtractor
 from grf_stream.features.video import VideoExtractor, stored_mask
 from grf_stream.spec import FeatureSpec
 
+# The registry of raw modalities: name -> extractor class. A modality of one's own is added with
+# grf_stream.serving.modalities.register (see the README, "A modality of your own").
 EXTRACTORS: dict[str, type[Extractor]] = {"text": TextExtractor, "audio": AudioExtractor, "video": VideoExtractor}
-MODALITIES = tuple(EXTRACTORS)
+MODALITIES = tuple(EXTRACTORS)  # the built-in ones
 
 
 def _classes(modalities) -> dict[str, type[Extractor]]:
     unknown = [m for m in modalities if m not in EXTRACTORS]
     if unknown:
-        raise ValueError(f"unknown modalities {unknown}: choose from {list(MODALITIES)}")
+        raise ValueError(f"unknown modalities {unknown}: choose from {list(EXTRACTORS)}")
     return {m: EXTRACTORS[m] for m in modalities}
 
 
@@ -37,6 +39,6 @@ def feature_spec(modalities=MODALITIES) -> FeatureSpec:
 
 
 __all__ = [
-    "AudioChunk", "AudioExtractor", "DEFAULT_SESSION", "EXTRACTORS", "Extractor", "MODALITIES",
+    "AudioChunk", "AudioExtractor", "DEFAULT_SESSION", "EXTRACTORS", "Extractor", "MODALITIES", "SignalChunk",
     "TextExtractor", "VideoExtractor", "build_extractors", "feature_spec", "stored_mask",
 ]

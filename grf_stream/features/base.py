@@ -14,6 +14,7 @@ a video frame with no face: its row is zeros and the model must ignore it).
 from __future__ import annotations
 
 import itertools
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -22,6 +23,14 @@ import torch
 from grf_stream.spec import ModalitySpec
 
 DEFAULT_SESSION = "default"
+
+
+@dataclass(frozen=True)
+class SignalChunk:
+    """A chunk of a sampled sensor signal, what a `signal` message brings its modality's extractor."""
+
+    values: np.ndarray  # (T, channels) float32, one row a sample
+    rate: float  # samples a second
 _whole_media = itertools.count()  # private session ids for extract_all
 
 

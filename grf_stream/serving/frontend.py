@@ -29,7 +29,7 @@ import numpy as np
 from grf_stream.serving import protocol as p
 from grf_stream.serving.batcher import Batcher, Control
 from grf_stream.serving.engine import FusionBackend, SeededFusion, StepRequest, StepResult
-from grf_stream.serving.modalities import BY_MESSAGE, BY_NAME, RawModality
+from grf_stream.serving.modalities import BY_NAME, RawModality, raw_modality
 from grf_stream.serving.session import Session, message_bytes
 from grf_stream.windows import cut, window_rows
 
@@ -114,7 +114,7 @@ class FrontEnd:
             raise p.ProtocolError(p.SEQ_BACKWARDS, f"seq {message.seq} is not after {session.last_seq}: "
                                   "seq must increase within a session", message.session, message.seq)
         session.last_seen = self.clock()
-        raw = BY_MESSAGE.get(type(message))
+        raw = raw_modality(message)
         if raw is not None and raw.name not in session.modalities:
             raise p.ProtocolError(p.UNKNOWN_MODALITY, f"{raw.name} was not opened: this session sends "
                                   f"{list(session.modalities)} (say so in hello)", session.id, message.seq)

@@ -9,8 +9,9 @@ Every message is one msgpack map, for example
 - `type` names the message; `session` (1..128 characters) names the client's stream; `seq` (int
   >= 0) increases within a session (the server checks the order, this module does not); `ts` is the
   capture time in seconds (finite; an int is accepted where a float is expected, a bool never is).
-- Client -> server, read with `decode`: hello, video, audio, text, features, segment_end, bye, and
-  stats (the server's live numbers; no session needs to be open).
+- Client -> server, read with `decode`: hello, video, audio, text, signal (a chunk of any other
+  sampled sensor a served model fuses, e.g. a pulse), features, segment_end, bye, and stats (the
+  server's live numbers; no session needs to be open).
   Server -> client, read with `decode_reply`: welcome, prediction, error, closed, server_stats.
   `encode` writes both, and `decode(encode(m)) == m`.
 - Keys a type does not define are ignored, so that a newer peer can add optional fields without
@@ -178,6 +179,16 @@ class Text(Message):
 
 
 @dataclass(frozen=True, eq=False)
+class Signal(Message):
+    """A chunk of a sampled sensor signal (a modality without a message of its own, e.g. a pulse):
+    `values` (T, channels) float32, sampled at `rate` Hz; its modality's extractor reads it."""
+
+    modality: str
+    values: np.ndarray  # (T, C) float32
+    rate: float
+
+
+@dataclass(frozen=True, eq=False)
 class Features(Message):
     """A precomputed feature window of one modality; mask marks the valid steps (None: all)."""
 
@@ -253,7 +264,7 @@ class ServerStats(Message):
     numbers: dict[str, float]
 
 
-ClientMessage = Union[Hello, Video, Audio, Text, Features, SegmentEnd, Bye, StatsRequest]
+ClientMessage = Union[Hello, Video, Audio, Text, Signal, Features, SegmentEnd, Bye, StatsRequest]
 Reply = Union[Welcome, Prediction, Error, Closed, ServerStats]
 
 
@@ -361,6 +372,13 @@ def _window_seconds(value, where, limits):
         _reject(BAD_FIELD, where, value, f"send seconds with {limits.min_window_s:.4g} <= window_s <= "
                                          f"{limits.max_window_s:g}")
     return seconds
+
+
+def _signal_rate(value, where, limits):
+    rate = _finite_number(value, where, limits)
+    if not 0 < rate <= limits.max_sample_rate:
+        _reject(BAD_FIELD, where, value, f"send the samples a second, 0 < rate <= {limits.max_sample_rate}")
+    return rate
 
 
 def _dtype(name: str, layout: str):
@@ -552,18 +570,31 @@ def _frame_to_wire(message: Video) -> dict:
 def _features_from_wire(values: dict, limits: Limits) -> Features:
     data, shape, mask = values.pop("data"), values.pop("shape"), values.pop("mask")
     values.pop("dtype")
-    _check_sides(shape, "features shape", (2,), (limits.max_feature_steps, limits.max_feature_size), "[T, d]")
+    features = _float_rows(data, shape, "features", "T, d", limits, "and mark missing steps in mask")
+    return Features(**values, features=features, mask=_mask_from_wire(mask, len(features)))
+
+
+def _signal_from_wire(values: dict, limits: Limits) -> Signal:
+    data, shape = values.pop("data"), values.pop("shape")
+    values.pop("dtype")
+    return Signal(**values, values=_float_rows(data, shape, "signal values", "T, C", limits, "one row a sample"))
+
+
+def _float_rows(data: bytes, shape: tuple, what: str, axes: str, limits: Limits, hint: str) -> np.ndarray:
+    """A (rows, columns) float32 array from its little-endian bytes: sides in range, every value finite."""
+    _check_sides(shape, f"{what} shape", (2,), (limits.max_feature_steps, limits.max_feature_size), f"[{axes}]")
     steps, size = shape
     if len(data) != steps * size * 4:
-        raise _Invalid(BAD_SHAPE, f"features data has {len(data)} bytes but shape {list(shape)} needs "
-                                  f"{steps * size * 4}: send T*d little-endian float32 values, steps first")
-    features = np.frombuffer(data, dtype="<f4").reshape(steps, size)  # (T, d)
-    bad = ~np.isfinite(features)
+        raise _Invalid(BAD_SHAPE, f"{what} data has {len(data)} bytes but shape {list(shape)} needs "
+                                  f"{steps * size * 4}: send {axes.replace(', ', '*')} little-endian float32 "
+                                  "values, steps first")
+    rows = np.frombuffer(data, dtype="<f4").reshape(steps, size)
+    bad = ~np.isfinite(rows)
     if bad.any():
         step, dim = np.argwhere(bad)[0]
-        raise _Invalid(NOT_FINITE, f"features have {int(bad.sum())} NaN or infinite values (first at step "
-                                   f"{step}, dim {dim}): send finite float32, and mark missing steps in mask")
-    return Features(**values, features=features, mask=_mask_from_wire(mask, steps))
+        raise _Invalid(NOT_FINITE, f"{what} have {int(bad.sum())} NaN or infinite values (first at step "
+                                   f"{step}, dim {dim}): send finite float32, {hint}")
+    return rows
 
 
 def _mask_from_wire(mask: bytes | None, steps: int) -> np.ndarray:
@@ -581,6 +612,11 @@ def _features_to_wire(message: Features) -> dict:
     return {"modality": message.modality, "data": _wire_bytes(message.features, "<f4", "features"),
             "shape": list(message.features.shape), "dtype": "float32",
             "mask": _wire_bytes(message.mask, "|b1", "features mask")}
+
+
+def _signal_to_wire(message: Signal) -> dict:
+    return {"modality": message.modality, "data": _wire_bytes(message.values, "<f4", "signal values"),
+            "shape": list(message.values.shape), "dtype": "float32", "rate": message.rate}
 
 
 def _audio_to_wire(message: Audio) -> dict:
@@ -614,6 +650,12 @@ _CLIENT: dict[str, _Kind] = {
     "text": _Kind(Text, _ADDRESS + (
         _Field("text", _text),
         _Field("final", _boolean, True))),
+    "signal": _Kind(Signal, _ADDRESS + (
+        _Field("modality", _name),
+        _Field("data", _binary),
+        _Field("shape", _int_list),
+        _Field("dtype", _dtype("float32", "little-endian float32"), "float32"),
+        _Field("rate", _signal_rate)), _signal_from_wire, _signal_to_wire),
     "features": _Kind(Features, _ADDRESS + (
         _Field("modality", _name),
         _Field("data", _binary),

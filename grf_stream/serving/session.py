@@ -111,6 +111,8 @@ def message_bytes(message) -> int:
         return len(message.jpeg) if message.jpeg is not None else message.frame.nbytes
     if isinstance(message, p.Audio):
         return message.pcm.nbytes
+    if isinstance(message, p.Signal):
+        return message.values.nbytes
     if isinstance(message, p.Features):
         return message.features.nbytes + message.mask.nbytes
     if isinstance(message, p.Text):
