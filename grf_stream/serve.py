@@ -124,10 +124,10 @@ class StatsBoard:
         while True:
             await asyncio.sleep(self.config.stats_every_s)
             tick += 1
-            for name, value in self.frontend.live_numbers(self.config.stats_every_s).items():
+            numbers = self.frontend.replies.numbers
+            for name, value in numbers.now(len(self.frontend.sessions), self.config.stats_every_s).items():
                 self.writer.add_scalar(f"serve/{name}", value, tick)
-            gates, self.frontend.gates = self.frontend.gates, {}
-            for modality, values in gates.items():
+            for modality, values in numbers.take_gates().items():
                 self.writer.add_scalar(f"serve/gate_mean/{modality}", float(np.mean(values)), tick)
             self.writer.flush()
 

@@ -33,6 +33,10 @@ class RawModality:
     bad_chunk: str  # the error code of a chunk its extractor cannot read
     help: str  # what to send instead
 
+    def waiting(self, queue: int) -> int | None:
+        """How many of its chunks may wait for a session's worker (None: all); `queue` for a queue."""
+        return {"newest": 1, "queue": queue, "all": None}[self.keep]
+
 
 def signal_modality(name: str, help: str) -> RawModality:
     """The row of a sampled sensor sent as `signal` messages: its chunks queue as audio's do."""

@@ -68,6 +68,32 @@ class Session:
         self.last_seq = seq
         return True
 
+    def admit(self, message: p.Message, raw, max_messages: int, max_bytes: int) -> None:
+        """Refuse a message the session has no room for: its waiting messages and bytes are bounded
+        (raw chunks that may be dropped, by their own keep rules)."""
+        size = message_bytes(message)
+        bounded = raw is not None and raw.keep != "all"
+        if not bounded and self.inbox.qsize() >= max_messages:
+            raise p.ProtocolError(p.BUSY, f"session {self.id!r} has {self.inbox.qsize()} messages waiting, the "
+                                  f"limit is {max_messages}: send slower", self.id, message.seq)
+        if self.waiting_bytes + size > max_bytes:
+            raise p.ProtocolError(p.BUSY, f"session {self.id!r} has {self.waiting_bytes} bytes waiting and this "
+                                  f"message is {size}, the limit is {max_bytes}: send slower or smaller", self.id,
+                                  message.seq)
+        self.waiting_bytes += size
+
+    def queue_chunk(self, message: p.Message, raw, keep: int | None) -> bool:
+        """A raw chunk waits for the worker, with a token in the inbox; True if the oldest waiting
+        chunk was dropped for it (its bytes released, its token now serving the newest)."""
+        chunks = self.chunks(raw.name, keep)
+        dropped = len(chunks) == chunks.maxlen
+        if dropped:
+            self.release(chunks.popleft())
+        chunks.append(message)
+        if not dropped:
+            self.inbox.put_nowait(raw)
+        return dropped
+
     def hold(self, modality: str, features: np.ndarray, mask: np.ndarray) -> None:
         self.pending.setdefault(modality, Window()).add(features, mask)
 
@@ -81,9 +107,6 @@ class Session:
             self.pending[modality].drop_last(self.partial_rows)
         self.hold(modality, features, mask)
         self.partial_rows = 0 if final else len(features)
-
-    def hold_bytes(self, size: int) -> None:
-        self.waiting_bytes += size
 
     def release(self, message) -> None:
         """A waiting message was taken or dropped: its bytes no longer count."""

@@ -86,7 +86,7 @@ def test_killing_an_extractor_actor_loses_no_session(tmp_path):
         runner = asyncio.create_task(front.batcher.run_shard(0))
         await send(front, [p.Hello("s", 0, 0.0, ["text"], "window")], 0)
         first = await send(front, [p.Text("s", 1, 1.0, "what a wonderful film", True)], 1)
-        ray.kill(front.extractors.pools["text"][0], no_restart=False)
+        ray.kill(front.policy.extractors.pools["text"][0], no_restart=False)
         second = await send(front, [p.Text("s", 2, 2.0, "and the acting is great", True)], 1)
         runner.cancel()
         return first + second

@@ -170,7 +170,7 @@ class SlowExtractors:
 def test_late_video_keeps_the_newest_frame_audio_drops_the_oldest_text_drops_nothing():
     front, _ = make_frontend(max_audio_chunks=3)
     slow = SlowExtractors()
-    front.extractors = slow
+    front.policy.extractors = slow
     header = b"\xff\xd8\xff\xc0\x00\x11\x08\x00\x02\x00\x04\x03" + bytes(9)  # a JPEG's frame header: 4x2
     jpeg = header + bytes(16)
     pcm = np.zeros(160, np.int16)

@@ -58,7 +58,7 @@ def test_a_step_never_carries_more_rows_than_the_limit():
 
 def test_a_partial_transcript_is_replaced_not_added_to():
     front, _ = make_frontend()
-    front.extractors = TextRows()
+    front.policy.extractors = TextRows()
     sent = [hello(), p.Text("s", 1, 1.0, "I lik", False), p.Text("s", 2, 1.1, "I liked", False),
             p.Text("s", 3, 1.2, "I liked it", True)]
     steps = []
@@ -112,7 +112,7 @@ def test_a_chunk_that_completes_several_windows_times_each_from_its_arrival():
         await exchange(front, [hello()])
         session = front.sessions["s"]
         clock.now = 1.0
-        await front.on_rows(session, "audio", 5, np.zeros((250, 5), np.float32), np.ones(250, bool))  # two 1 s windows
+        await front.policy.rows(session, "audio", 5, np.zeros((250, 5), np.float32), np.ones(250, bool))  # two 1 s windows
         clock.now = 1.2
         return await exchange(front, [])
 
@@ -124,7 +124,7 @@ def test_a_chunk_that_completes_several_windows_times_each_from_its_arrival():
 def test_an_audio_flood_holds_a_bounded_number_of_chunks_and_bytes():
     front, _ = make_frontend(max_audio_chunks=4)
     blocked = Blocked()
-    front.extractors = blocked
+    front.policy.extractors = blocked
     chunk = np.zeros(16000 * 4, np.int16)  # 4 s of audio, 128 kB
 
     async def scenario():
@@ -145,7 +145,7 @@ def test_an_audio_flood_holds_a_bounded_number_of_chunks_and_bytes():
 def test_a_session_over_its_byte_budget_is_told_busy_and_the_others_go_on():
     front, _ = make_frontend(max_waiting_bytes=100_000)
     blocked = Blocked()
-    front.extractors = blocked
+    front.policy.extractors = blocked
     big = np.zeros((1500, 12), np.float32)  # 72 kB of text features each
 
     async def scenario():
@@ -190,14 +190,14 @@ def test_hello_does_not_hold_up_the_other_sessions_while_the_fusion_side_is_slow
 
 def test_a_jpeg_declaring_huge_sides_is_refused_before_any_decoding():
     front, _ = make_frontend()
-    front.extractors = Blocked()  # would hang if the frame reached extraction
+    front.policy.extractors = Blocked()  # would hang if the frame reached extraction
     bomb = JPEG_HEADER[:7] + (8000).to_bytes(2, "big") + (8000).to_bytes(2, "big") + JPEG_HEADER[11:] + bytes(600)
     replies = run(exchange(front, [hello(), p.Video("s", 1, 1.0, bomb)]))
     assert [(type(r), getattr(r, "code", None)) for r in replies] == [(p.Welcome, None), (p.Error, p.TOO_LARGE)]
 
 
 def test_a_connection_flooding_bad_messages_gets_a_bounded_number_of_error_replies():
-    from grf_stream.serving.frontend import ERROR_BURST
+    from grf_stream.serving.replies import ERROR_BURST
 
     front, _ = make_frontend()
 
@@ -213,4 +213,5 @@ def test_a_connection_flooding_bad_messages_gets_a_bounded_number_of_error_repli
     replies = run(scenario())
     assert sum(1 for identity, _ in replies if identity == b"flood") == ERROR_BURST
     assert sum(1 for identity, _ in replies if identity == b"other") == 1  # other connections are answered
-    assert front.live_numbers()["errors_unanswered"] == 50 and front.stats["errors"] == ERROR_BURST + 51
+    numbers = front.replies.numbers.now(len(front.sessions))
+    assert numbers["errors_unanswered"] == 50 and numbers["errors"] == ERROR_BURST + 51
