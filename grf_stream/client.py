@@ -3,13 +3,16 @@
     python -m grf_stream.client --demo                                     # a packaged recording
     python -m grf_stream.client --video talk.mp4 --transcript talk.csv     # replayed in real time
     python -m grf_stream.client --audio speech.wav --transcript speech.csv --speed 4
+    python -m grf_stream.client --signal pulse=wrist.csv --transcript talk.csv  # a modality of one's own
     python -m grf_stream.client --webcam --mic --transcript-stdin           # live
     python -m grf_stream.client --video talk.mp4 --json                     # one JSON object per reply
     python -m grf_stream.client --stats                                     # the server's live numbers
 
 A video file gives its frames (30 per second, as JPEG) and its sound track; a transcript CSV has
 the columns start, end, text (seconds from the start of the media); each phrase is sent when it
-ends. With `--window segment` everything is one segment, fused when the stream ends; the default,
+ends. A signal CSV (`--signal NAME=FILE`, for a modality the server was given as a plugin) has a
+column `time` (seconds, at a steady rate) and one column per channel; it goes in `signal` messages
+of half a second each. With `--window segment` everything is one segment, fused when the stream ends; the default,
 `window`, predicts after every `--window-s` seconds of audio and video and every phrase.
 """
 
@@ -36,10 +39,12 @@ from grf_stream.serving import protocol as p
 DEMO = Path(__file__).parent / "demo"  # a public-domain speech and its transcript (demo/README.md)
 FRAME_RATE = 30.0
 AUDIO_CHUNK_S = 0.1
+SIGNAL_CHUNK_S = 0.5
 SAMPLE_RATE = 16000
 
 
-def media_events(video: Path | None, audio: Path | None, transcript: Path | None):
+def media_events(video: Path | None, audio: Path | None, transcript: Path | None,
+                 signals: dict[str, Path] | None = None):
     """(time, kind, payload) of everything to send, in time order."""
     from grf_stream.features.media import read_audio, video_frames
 
@@ -55,7 +60,30 @@ def media_events(video: Path | None, audio: Path | None, transcript: Path | None
         events += [((i + step) / SAMPLE_RATE, "audio", pcm[i:i + step]) for i in range(0, len(pcm), step)]
     if transcript is not None:
         events += [(float(row["end"]), "text", row["text"]) for row in read_transcript(transcript)]
+    for name, path in (signals or {}).items():
+        times, values, rate = read_signal(path)
+        step = max(1, round(SIGNAL_CHUNK_S * rate))
+        events += [(float(times[min(i + step, len(times)) - 1]), name, (values[i:i + step], rate))
+                   for i in range(0, len(values), step)]
     return sorted(events, key=lambda e: e[0])
+
+
+def read_signal(path: Path) -> tuple[np.ndarray, np.ndarray, float]:
+    """(times, values (T, channels) float32, samples a second) of a signal CSV: `time`, then one column a channel."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    if not rows or "time" not in rows[0] or len(rows[0]) < 2:
+        raise SystemExit(f"{path}: a signal needs a column time (seconds) and one column per channel, with rows")
+    channels = [c for c in rows[0] if c != "time"]
+    try:
+        times = np.array([float(r["time"]) for r in rows])
+        values = np.array([[float(r[c]) for c in channels] for r in rows], np.float32)
+    except (TypeError, ValueError) as error:
+        raise SystemExit(f"{path}: every time and value must be a number ({error})") from None
+    gaps = np.diff(times)
+    if len(times) < 2 or gaps.min() <= 0 or gaps.max() > 1.5 * np.median(gaps):
+        raise SystemExit(f"{path}: times must rise at a steady rate (one sample every 1/rate seconds)")
+    return times, values, float(1 / np.median(gaps))
 
 
 def pcm16_at(samples: np.ndarray, rate: int) -> np.ndarray:
@@ -142,8 +170,10 @@ class Client:
                 await self.send(p.Video, payload, None)
             elif kind == "audio":
                 await self.send(p.Audio, payload, SAMPLE_RATE)
-            else:
+            elif kind == "text":
                 await self.send(p.Text, payload, True)
+            else:  # a signal modality
+                await self.send(p.Signal, kind, *payload)
         await self.send(p.Bye)
 
     async def live(self, webcam: str | None, mic: str | None, mic_format: str, stdin: bool, window: str,
@@ -249,8 +279,8 @@ async def run(args) -> int:
         if args.webcam is not None or args.mic or args.transcript_stdin:
             await client.live(args.webcam, args.mic, args.mic_format, args.transcript_stdin, args.window, args.window_s)
         else:
-            events = media_events(args.video, args.audio, args.transcript)
-            modalities = [m for m in ("text", "audio", "video") if m in {kind for _, kind, _ in events}]
+            events = media_events(args.video, args.audio, args.transcript, dict(args.signal))
+            modalities = [m for m in ("text", "audio", "video", *dict(args.signal)) if m in {k for _, k, _ in events}]
             if not modalities:
                 raise SystemExit("nothing to send: give --video, --audio and/or --transcript (or --webcam, --mic, "
                                  "--transcript-stdin)")
@@ -265,12 +295,21 @@ async def run(args) -> int:
     return 0 if client.predictions else 1
 
 
+def named_file(value: str) -> tuple[str, Path]:
+    name, sep, path = value.partition("=")
+    if not sep or not name or not path:
+        raise argparse.ArgumentTypeError(f"{value!r}: give NAME=FILE, e.g. pulse=wrist.csv")
+    return name, Path(path)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--server", default="tcp://127.0.0.1:5555")
     parser.add_argument("--video", type=Path, help="a video file to replay (frames and sound)")
     parser.add_argument("--audio", type=Path, help="an audio file to replay (wav, flac, ...)")
     parser.add_argument("--transcript", type=Path, help="CSV with start, end, text")
+    parser.add_argument("--signal", type=named_file, action="append", default=[], metavar="NAME=FILE",
+                        help="a signal modality the server takes (a plugin's), from a CSV: time, one column a channel")
     parser.add_argument("--demo", action="store_true",
                         help="replay the packaged demo: 11 s of a public-domain speech and its transcript")
     parser.add_argument("--webcam", nargs="?", const="0", help="live: stream this camera (default 0), or a stream URL")

@@ -2,6 +2,8 @@
 row, registered), streamed end to end through the real server beside the built-in three."""
 
 import importlib
+import json
+import subprocess
 import sys
 
 import numpy as np
@@ -56,8 +58,14 @@ def exchange(address, messages, wanted):
     return replies
 
 
-def test_a_pulse_streams_through_the_real_server_window_by_window(plugin, pulse_model, start_server):
-    model, checkpoint = pulse_model
+@pytest.fixture(scope="module")
+def pulse_server(pulse_model, start_server):
+    with start_server(f"checkpoint={pulse_model[1]}", f"plugins=[{PLUGIN}]") as address:
+        yield address
+
+
+def test_a_pulse_streams_through_the_real_server_window_by_window(plugin, pulse_model, pulse_server):
+    model, _ = pulse_model
     rng = np.random.default_rng(0)
     samples = np.column_stack([70 + rng.normal(0, 5, 22), 5 + rng.normal(0, 1, 22)]).astype(np.float32)
     chunks = [samples[i:i + 3] for i in range(0, 22, 3)]  # 0.75 s a chunk: windows end inside chunks
@@ -66,8 +74,7 @@ def test_a_pulse_streams_through_the_real_server_window_by_window(plugin, pulse_
     sent += [p.Signal("wrist", 20, 6.0, "pulse", samples[:2, :1].copy(), 4.0),  # one column: refused
              p.Signal("wrist", 21, 6.1, "heartbeat", samples[:2], 4.0),  # not served
              p.Text("wrist", 22, 6.2, "I feel great"), p.Bye("wrist", 23, 6.3)]
-    with start_server(f"checkpoint={checkpoint}", f"plugins=[{PLUGIN}]") as address:
-        replies = exchange(address, sent, wanted=1 + 7 + 2 + 1)
+    replies = exchange(pulse_server, sent, wanted=1 + 7 + 2 + 1)
 
     welcome = next(r for r in replies if isinstance(r, p.Welcome))  # refusals may come before it
     rest = [r for r in replies if r is not welcome]
@@ -87,3 +94,26 @@ def test_a_pulse_streams_through_the_real_server_window_by_window(plugin, pulse_
     expected = [service.step([StepRequest("alone", 0, "pulse", rows[w], mask[w])])[0].value
                 for w in cut(len(rows), window_rows(1.0, 4.0), ended=False)]
     assert [r.value for r in predictions[:5]] == pytest.approx(expected, abs=1e-5)
+
+
+def test_the_client_sends_a_signal_from_a_csv(pulse_server, tmp_path):
+    wrist = tmp_path / "wrist.csv"
+    wrist.write_text("time,bpm,microsiemens\n" + "".join(f"{i / 4:.2f},{70 + i % 5},{5 + i % 3 / 10}\n" for i in range(24)))
+    transcript = tmp_path / "talk.csv"
+    transcript.write_text("start,end,text\n1.0,2.5,what a lovely day\n")
+    result = subprocess.run([sys.executable, "-m", "grf_stream.client", "--server", pulse_server, "--signal",
+                             f"pulse={wrist}", "--transcript", str(transcript), "--speed", "20", "--json"],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    replies = [json.loads(line) for line in result.stdout.splitlines()]
+    fused = [r["modality"] for r in replies if r["type"] == "prediction"]
+    assert fused.count("pulse") == 6 and fused.count("text") == 1  # 24 samples at 4 Hz: six 1 s windows
+
+
+def test_a_signal_csv_without_a_steady_rate_is_refused_saying_so(tmp_path):
+    from grf_stream.client import read_signal
+
+    uneven = tmp_path / "uneven.csv"
+    uneven.write_text("time,bpm\n0,70\n0.25,71\n2.0,72\n")
+    with pytest.raises(SystemExit, match="steady rate"):
+        read_signal(uneven)
