@@ -147,7 +147,8 @@ class SampleExtractor:
 
     def __call__(self, job: SampleJob) -> dict[str, np.ndarray]:
         """Modality name -> float32 (T, size); raises MediaError for a file that cannot be decoded."""
-        return {modality: getattr(self, f"_{modality}")(job) for modality in self.extractors}
+        readers = {"text": self._text, "audio": self._audio, "video": self._video}  # what each reads of a job
+        return {modality: readers[modality](job) for modality in self.extractors}
 
     def _text(self, job: SampleJob) -> np.ndarray:
         return self.extractors["text"].extract_all(job.text)[0]
