@@ -24,7 +24,9 @@ seq)`: `code` is one of CODES, `message` says what was wrong and what is accepte
 reply. `decode_reply` checks the types of what the server sent (it trusts the server's values,
 not its bytes), and leaves the open-ended sets, error codes and close reasons, open.
 
-Messages are frozen dataclasses whose first fields are always (session, seq, ts). Raw video
+Messages are frozen dataclasses whose first fields are always (session, seq, ts); each field is
+declared once, with the check its wire value passes and its default (`wire`), and the wire tables
+are read off the classes (plus the bytes, shapes and dtypes that carry arrays). Raw video
 frames, PCM audio and feature windows travel as little-endian bytes plus a shape, and decode to
 read-only numpy views of the received bytes (no copy). Messages therefore compare by value (arrays
 by dtype, shape and content) and are not hashable.
@@ -35,7 +37,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import reprlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Union
 
 import msgpack
@@ -116,156 +118,6 @@ class Limits:
     max_window_s: float = 60.0  # a longer window would buffer minutes of raw media per session
     max_step_rows: int = 6_000  # feature rows one step may carry: a segment's held rows, a phrase, a features message
 
-
-# -- messages ---------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, eq=False)
-class Message:
-    """What every message carries: the client's stream, its position in it, the capture time."""
-
-    session: str
-    seq: int
-    ts: float
-
-    def __eq__(self, other: object) -> bool:
-        if type(other) is not type(self):
-            return NotImplemented
-        return all(_same(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self))
-
-    __hash__ = None  # mutable lists and arrays inside: compare by value, never hash
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
-        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
-                and np.array_equal(a, b))
-    return a == b
-
-
-@dataclass(frozen=True, eq=False)
-class Hello(Message):
-    """Opens a session: what the client will send and how its data become fusion steps."""
-
-    modalities: list[str]
-    window: str  # "segment" (one step per modality per segment) or "window" (every window_s)
-    sample_rate: int = 16000  # Hz of the audio the client will send
-    window_s: float = 1.0
-    carry_context: bool = False  # False: the context restarts at each segment
-
-
-@dataclass(frozen=True, eq=False)
-class Video(Message):
-    """One webcam frame: JPEG bytes (decoded by the server) or a raw uint8 frame (H, W, 3) or (H, W)."""
-
-    jpeg: bytes | None = None
-    frame: np.ndarray | None = None
-
-
-@dataclass(frozen=True, eq=False)
-class Audio(Message):
-    """A chunk of microphone audio, PCM16 mono."""
-
-    pcm: np.ndarray  # (samples,) int16
-    sample_rate: int
-
-
-@dataclass(frozen=True, eq=False)
-class Text(Message):
-    """A transcript phrase; `final` False marks a partial hypothesis that a later text replaces."""
-
-    text: str
-    final: bool = True
-
-
-@dataclass(frozen=True, eq=False)
-class Signal(Message):
-    """A chunk of a sampled sensor signal (a modality without a message of its own, e.g. a pulse):
-    `values` (T, channels) float32, sampled at `rate` Hz; its modality's extractor reads it."""
-
-    modality: str
-    values: np.ndarray  # (T, C) float32
-    rate: float
-
-
-@dataclass(frozen=True, eq=False)
-class Features(Message):
-    """A precomputed feature window of one modality; mask marks the valid steps (None: all)."""
-
-    modality: str
-    features: np.ndarray  # (T, d) float32
-    mask: np.ndarray | None = None  # (T,) bool
-
-    def __post_init__(self):
-        if self.mask is None:
-            object.__setattr__(self, "mask", np.ones(len(self.features), dtype=bool))
-
-
-@dataclass(frozen=True, eq=False)
-class SegmentEnd(Message):
-    """The current segment is complete: fuse what is held and start a new one."""
-
-
-@dataclass(frozen=True, eq=False)
-class Bye(Message):
-    """The client is done: the segment ends and the session closes."""
-
-
-@dataclass(frozen=True, eq=False)
-class Welcome(Message):
-    """Answer to hello: what the model fuses, with which features, under which limits."""
-
-    modalities: list[str]
-    feature_spec: dict[str, dict]  # modality -> {extractor, version, size, rate}
-    limits: dict[str, Any]
-    protocol: int
-
-
-@dataclass(frozen=True, eq=False)
-class Prediction(Message):
-    """Sent after every fusion step."""
-
-    segment: int
-    step: int  # 1-based within the segment
-    modality: str  # fused by this step
-    modalities: list[str]  # held by the context so far
-    value: float  # sentiment
-    gate: float  # mean update gate of the step; 0 for a segment's first step
-    latency_ms: float  # at the server: from the step's features being ready (received, or extracted) to this reply
-
-
-@dataclass(frozen=True, eq=False)
-class Error(Message):
-    """A message was refused; the session goes on. session/seq are None where they were unreadable."""
-
-    session: str | None
-    seq: int | None
-    code: str
-    message: str
-
-
-@dataclass(frozen=True, eq=False)
-class Closed(Message):
-    """The session is over; `reason` is one of CLOSE_REASONS, `stats` counts steps, drops, errors."""
-
-    reason: str
-    stats: dict[str, int]
-
-
-@dataclass(frozen=True, eq=False)
-class StatsRequest(Message):
-    """Ask for the server's live numbers; needs no open session (`session` names the asker)."""
-
-
-@dataclass(frozen=True, eq=False)
-class ServerStats(Message):
-    """The server's live numbers: sessions, steps per second, latency percentiles, drops, errors."""
-
-    numbers: dict[str, float]
-
-
-ClientMessage = Union[Hello, Video, Audio, Text, Signal, Features, SegmentEnd, Bye, StatsRequest]
-Reply = Union[Welcome, Prediction, Error, Closed, ServerStats]
 
 
 # -- field checks: (value, where, limits) -> the in-process value, or _Invalid -------------------------
@@ -503,9 +355,176 @@ def _nullable(check):
     return nullable
 
 
+
+# -- messages: each field with the check its wire value passes -------------------------------------
+
+
+def wire(check: Callable[[Any, str, Limits], Any], default: Any = dataclasses.MISSING, *,
+         absent: Any = dataclasses.MISSING):
+    """A message field as the wire carries it: the check its value must pass, its default, and its
+    value when the wire leaves it out (the default, unless `absent` says otherwise; none: required)."""
+    absent = default if absent is dataclasses.MISSING else absent
+    return field(default=default, metadata={"check": check, "absent": absent})
+
+
+@dataclass(frozen=True, eq=False)
+class Message:
+    """What every message carries: the client's stream, its position in it, the capture time."""
+
+    session: str = wire(_session_id)
+    seq: int = wire(_seq_number)
+    ts: float = wire(_finite_number)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(_same(getattr(self, f.name), getattr(other, f.name)) for f in dataclasses.fields(self))
+
+    __hash__ = None  # mutable lists and arrays inside: compare by value, never hash
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        return (isinstance(a, np.ndarray) and isinstance(b, np.ndarray) and a.dtype == b.dtype
+                and np.array_equal(a, b))
+    return a == b
+
+
+@dataclass(frozen=True, eq=False)
+class Hello(Message):
+    """Opens a session: what the client will send and how its data become fusion steps."""
+
+    modalities: list[str] = wire(_names)
+    window: str = wire(_one_of(*WINDOW_POLICIES))  # "segment" (one step per modality per segment) or "window"
+    sample_rate: int = wire(_sample_rate, 16000)  # Hz of the audio the client will send
+    window_s: float = wire(_window_seconds, 1.0)
+    carry_context: bool = wire(_boolean, False)  # False: the context restarts at each segment
+
+
+@dataclass(frozen=True, eq=False)
+class Video(Message):
+    """One webcam frame: JPEG bytes (decoded by the server) or a raw uint8 frame (H, W, 3) or (H, W)."""
+
+    jpeg: bytes | None = wire(_jpeg, None)
+    frame: np.ndarray | None = wire(_binary, None)  # on the wire: its bytes, with shape and dtype
+
+
+@dataclass(frozen=True, eq=False)
+class Audio(Message):
+    """A chunk of microphone audio, PCM16 mono."""
+
+    pcm: np.ndarray = wire(_pcm16)  # (samples,) int16
+    sample_rate: int = wire(_sample_rate)
+
+
+@dataclass(frozen=True, eq=False)
+class Text(Message):
+    """A transcript phrase; `final` False marks a partial hypothesis that a later text replaces."""
+
+    text: str = wire(_text)
+    final: bool = wire(_boolean, True)
+
+
+@dataclass(frozen=True, eq=False)
+class Signal(Message):
+    """A chunk of a sampled sensor signal (a modality without a message of its own, e.g. a pulse):
+    `values` (T, channels) float32, sampled at `rate` Hz; its modality's extractor reads it."""
+
+    modality: str = wire(_name)
+    values: np.ndarray  # (T, C) float32; on the wire: data, shape, dtype
+    rate: float = wire(_signal_rate)
+
+
+@dataclass(frozen=True, eq=False)
+class Features(Message):
+    """A precomputed feature window of one modality; mask marks the valid steps (None: all)."""
+
+    modality: str = wire(_name)
+    features: np.ndarray  # (T, d) float32; on the wire: data, shape, dtype
+    mask: np.ndarray | None = wire(_binary, None)  # (T,) bool; on the wire: a uint8 a step
+
+    def __post_init__(self):
+        if self.mask is None:
+            object.__setattr__(self, "mask", np.ones(len(self.features), dtype=bool))
+
+
+@dataclass(frozen=True, eq=False)
+class SegmentEnd(Message):
+    """The current segment is complete: fuse what is held and start a new one."""
+
+
+@dataclass(frozen=True, eq=False)
+class Bye(Message):
+    """The client is done: the segment ends and the session closes."""
+
+
+@dataclass(frozen=True, eq=False)
+class StatsRequest(Message):
+    """Ask for the server's live numbers; needs no open session (`session` names the asker)."""
+
+
+@dataclass(frozen=True, eq=False)
+class ServerMessage(Message):
+    """A reply: the client checks its types and trusts its values (any number is a time)."""
+
+    ts: float = wire(_number)
+
+
+@dataclass(frozen=True, eq=False)
+class Welcome(ServerMessage):
+    """Answer to hello: what the model fuses, with which features, under which limits."""
+
+    modalities: list[str] = wire(_strings)
+    feature_spec: dict[str, dict] = wire(_map_of(_map))  # modality -> {extractor, version, size, rate}
+    limits: dict[str, Any] = wire(_map)
+    protocol: int = wire(_integer)
+
+
+@dataclass(frozen=True, eq=False)
+class Prediction(ServerMessage):
+    """Sent after every fusion step."""
+
+    segment: int = wire(_integer)
+    step: int = wire(_integer)  # 1-based within the segment
+    modality: str = wire(_string)  # fused by this step
+    modalities: list[str] = wire(_strings)  # held by the context so far
+    value: float = wire(_number)  # sentiment
+    gate: float = wire(_number)  # mean update gate of the step; 0 for a segment's first step
+    latency_ms: float = wire(_number)  # at the server: from the step's features being ready to this reply
+
+
+@dataclass(frozen=True, eq=False)
+class Error(ServerMessage):
+    """A message was refused; the session goes on. session/seq are None where they were unreadable."""
+
+    session: str | None = wire(_nullable(_session_id), absent=None)
+    seq: int | None = wire(_nullable(_seq_number), absent=None)
+    code: str = wire(_string)
+    message: str = wire(_string)
+
+
+@dataclass(frozen=True, eq=False)
+class Closed(ServerMessage):
+    """The session is over; `reason` is one of CLOSE_REASONS, `stats` counts steps, drops, errors."""
+
+    reason: str = wire(_string)
+    stats: dict[str, int] = wire(_map_of(_integer))
+
+
+@dataclass(frozen=True, eq=False)
+class ServerStats(ServerMessage):
+    """The server's live numbers: sessions, steps per second, latency percentiles, drops, errors."""
+
+    numbers: dict[str, float] = wire(_map_of(_number))
+
+
+ClientMessage = Union[Hello, Video, Audio, Text, Signal, Features, SegmentEnd, Bye, StatsRequest]
+Reply = Union[Welcome, Prediction, Error, Closed, ServerStats]
+
+
 # -- per-type specs ---------------------------------------------------------------------------------
 
-_REQUIRED = object()  # a field's default when the message must carry it
+_REQUIRED = object()  # a field's value when absent, where the message must carry it
 
 
 @dataclass(frozen=True)
@@ -525,8 +544,12 @@ class _Kind:
     to_wire: Callable[[Any], dict] | None = None  # message -> wire values; None: its dataclass fields
 
 
-_ADDRESS = (_Field("session", _session_id), _Field("seq", _seq_number), _Field("ts", _finite_number))
-_REPLY_ADDRESS = (_Field("session", _session_id), _Field("seq", _seq_number), _Field("ts", _number))
+def _kind(cls: type, *wire_only: _Field, build=None, to_wire=None) -> _Kind:
+    """A message type's wire fields: its fields declared with `wire`, in order, then the ones only the
+    wire has (bytes, shapes and dtypes of arrays, which `build` turns into the class's fields)."""
+    declared = tuple(_Field(f.name, f.metadata["check"], _REQUIRED if f.metadata["absent"] is dataclasses.MISSING
+                            else f.metadata["absent"]) for f in dataclasses.fields(cls) if "check" in f.metadata)
+    return _Kind(cls, declared + wire_only, build, to_wire)
 
 
 def _frame_from_wire(values: dict, limits: Limits) -> Video:
@@ -632,67 +655,28 @@ def _wire_bytes(array: np.ndarray, dtype: str, what: str) -> memoryview:
     return np.ascontiguousarray(array, dtype=dtype).data.cast("B")
 
 
+_FLOAT32 = _Field("dtype", _dtype("float32", "little-endian float32"), "float32")
 _CLIENT: dict[str, _Kind] = {
-    "hello": _Kind(Hello, _ADDRESS + (
-        _Field("modalities", _names),
-        _Field("window", _one_of(*WINDOW_POLICIES)),
-        _Field("sample_rate", _sample_rate, 16000),
-        _Field("window_s", _window_seconds, 1.0),
-        _Field("carry_context", _boolean, False))),
-    "video": _Kind(Video, _ADDRESS + (
-        _Field("jpeg", _jpeg, None),
-        _Field("frame", _binary, None),
-        _Field("shape", _int_list, None),
-        _Field("dtype", _dtype("uint8", "raw pixels as uint8"), "uint8")), _frame_from_wire, _frame_to_wire),
-    "audio": _Kind(Audio, _ADDRESS + (
-        _Field("pcm", _pcm16),
-        _Field("sample_rate", _sample_rate)), None, _audio_to_wire),
-    "text": _Kind(Text, _ADDRESS + (
-        _Field("text", _text),
-        _Field("final", _boolean, True))),
-    "signal": _Kind(Signal, _ADDRESS + (
-        _Field("modality", _name),
-        _Field("data", _binary),
-        _Field("shape", _int_list),
-        _Field("dtype", _dtype("float32", "little-endian float32"), "float32"),
-        _Field("rate", _signal_rate)), _signal_from_wire, _signal_to_wire),
-    "features": _Kind(Features, _ADDRESS + (
-        _Field("modality", _name),
-        _Field("data", _binary),
-        _Field("shape", _int_list),
-        _Field("mask", _binary, None),
-        _Field("dtype", _dtype("float32", "little-endian float32"), "float32")),
-        _features_from_wire, _features_to_wire),
-    "segment_end": _Kind(SegmentEnd, _ADDRESS),
-    "bye": _Kind(Bye, _ADDRESS),
-    "stats": _Kind(StatsRequest, _ADDRESS),
+    "hello": _kind(Hello),
+    "video": _kind(Video, _Field("shape", _int_list, None), _Field("dtype", _dtype("uint8", "raw pixels as uint8"),
+                   "uint8"), build=_frame_from_wire, to_wire=_frame_to_wire),
+    "audio": _kind(Audio, to_wire=_audio_to_wire),
+    "text": _kind(Text),
+    "signal": _kind(Signal, _Field("data", _binary), _Field("shape", _int_list), _FLOAT32, build=_signal_from_wire,
+                    to_wire=_signal_to_wire),
+    "features": _kind(Features, _Field("data", _binary), _Field("shape", _int_list), _FLOAT32,
+                      build=_features_from_wire, to_wire=_features_to_wire),
+    "segment_end": _kind(SegmentEnd),
+    "bye": _kind(Bye),
+    "stats": _kind(StatsRequest),
 }
 
 _REPLY: dict[str, _Kind] = {
-    "welcome": _Kind(Welcome, _REPLY_ADDRESS + (
-        _Field("modalities", _strings),
-        _Field("feature_spec", _map_of(_map)),
-        _Field("limits", _map),
-        _Field("protocol", _integer))),
-    "prediction": _Kind(Prediction, _REPLY_ADDRESS + (
-        _Field("segment", _integer),
-        _Field("step", _integer),
-        _Field("modality", _string),
-        _Field("modalities", _strings),
-        _Field("value", _number),
-        _Field("gate", _number),
-        _Field("latency_ms", _number))),
-    "error": _Kind(Error, (
-        _Field("session", _nullable(_session_id), None),
-        _Field("seq", _nullable(_seq_number), None),
-        _REPLY_ADDRESS[2],
-        _Field("code", _string),
-        _Field("message", _string))),
-    "closed": _Kind(Closed, _REPLY_ADDRESS + (
-        _Field("reason", _string),
-        _Field("stats", _map_of(_integer)))),
-    "server_stats": _Kind(ServerStats, _REPLY_ADDRESS + (
-        _Field("numbers", _map_of(_number)),)),
+    "welcome": _kind(Welcome),
+    "prediction": _kind(Prediction),
+    "error": _kind(Error),
+    "closed": _kind(Closed),
+    "server_stats": _kind(ServerStats),
 }
 
 CLIENT_TYPES = tuple(_CLIENT)
@@ -772,12 +756,12 @@ def _unpack(data: bytes, limits: Limits) -> dict:
 
 def _address(raw: dict, limits: Limits) -> tuple[str | None, int | None]:
     """The session and seq of a message wherever they are readable, so an error reply can be addressed."""
-    def readable(field: _Field):
+    def readable(name: str, check):
         try:
-            return field.check(raw.get(field.name), field.name, limits)
+            return check(raw.get(name), name, limits)
         except _Invalid:
             return None
-    return readable(_ADDRESS[0]), readable(_ADDRESS[1])
+    return readable("session", _session_id), readable("seq", _seq_number)
 
 
 def _check_version(raw: dict) -> None:
