@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grf_stream.data.samples import Sample
+from grf_stream.data.samples import Sample, real_rows
 
 MODALITIES = ("text", "audio", "vision")
 
@@ -38,11 +38,6 @@ def read_pickle(path: str | Path, split: str, required: tuple[str, ...]) -> dict
     if missing:
         raise KeyError(f"{path} [{split}] lacks key {missing[0]!r}: it has {sorted(part)}; is data.format right?")
     return part
-
-
-def nonzero_rows(x: np.ndarray) -> np.ndarray:
-    """(N, T, d) -> (N, T) bool: True where a step holds any non-zero feature."""
-    return np.abs(x).sum(axis=-1) > 0
 
 
 def lengths_to_mask(lengths: np.ndarray, steps: int) -> np.ndarray:
@@ -71,7 +66,7 @@ def load_mult(path: str | Path, split: str) -> list[Sample]:
     """A split of a MulT pickle; see the module docstring."""
     part = read_pickle(path, split, (*MODALITIES, "labels"))
     features = {m: np.nan_to_num(np.asarray(part[m], dtype=np.float32), neginf=0.0, posinf=0.0) for m in MODALITIES}
-    masks = {m: nonzero_rows(x) for m, x in features.items()}
+    masks = {m: real_rows(x) for m, x in features.items()}
     labels = np.asarray(part["labels"], dtype=np.float32).reshape(-1)
     return to_samples(features, masks, labels, sample_ids(part.get("id"), len(labels)))
 
@@ -86,7 +81,7 @@ def load_mmsa(path: str | Path, split: str) -> list[Sample]:
         "text": (
             np.asarray(part["text_bert"])[:, 1, :].astype(bool)
             if "text_bert" in part
-            else nonzero_rows(features["text"])
+            else real_rows(features["text"])
         ),
     }
     labels = np.asarray(part["regression_labels"], dtype=np.float32).reshape(-1)

@@ -61,6 +61,12 @@ def collate(samples: list[Sample]) -> Batch:
     return Batch(features, masks, labels, [s.id for s in samples])
 
 
+def real_rows(x: np.ndarray) -> np.ndarray:
+    """(..., T, d) -> (..., T) bool: True where a row holds any non-zero value. A row of zeros is a step
+    without data (the extractors' masked rows, a dataset's padding), wherever features are read back."""
+    return x.any(axis=-1)
+
+
 def no_data(size: int) -> tuple[np.ndarray, np.ndarray]:
     """A modality without data: one zero step, masked (features (1, size), mask (1,))."""
     return np.zeros((1, size), np.float32), np.zeros(1, bool)

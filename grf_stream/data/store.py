@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from grf_stream.data.samples import Sample, no_data
+from grf_stream.data.samples import Sample, no_data, real_rows
 from grf_stream.spec import SPLITS, FeatureSpec, ModalitySpec
 
 
@@ -106,5 +106,5 @@ def sample_from_arrays(sample_id: str, label: float, arrays: dict[str, np.ndarra
             features[m], masks[m] = no_data(x.shape[1])
         else:
             features[m] = x.astype(np.float32)
-            masks[m] = features[m].any(axis=1)
+            masks[m] = real_rows(features[m])
     return Sample(sample_id, label, features, masks)
