@@ -18,11 +18,10 @@ import os
 import sys
 import time
 
+from actors.extraction_pool import extract_on_ray
 from grf_stream.data.store import FeatureStore
 from grf_stream.features import MODALITIES, feature_spec
-from grf_stream.features.offline import MediaIndex, SampleExtractor, SampleJob, plan, read_labels
-
-IN_FLIGHT_PER_WORKER = 2  # a queued job per worker, so no worker waits for the driver between samples
+from grf_stream.features.offline import MediaIndex, plan, read_labels
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -42,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     failed: list[tuple[str, str]] = []
     try:
         if todo:
-            failed = _run_on_ray(todo, store, args)
+            failed = extract_on_ray(todo, store, args.modalities, args.workers, args.address)
     except KeyboardInterrupt:
         print(f"\ninterrupted: finished samples are in {args.out}; run the same command again to resume", file=sys.stderr)
         return 130
@@ -62,60 +61,6 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--limit", type=int, help="only the first N rows of the CSV")
     parser.add_argument("--address", help="a running Ray cluster to use instead of starting one here (set RAY_AUTH_MODE to match it)")
     return parser
-
-
-def _run_on_ray(todo: list[SampleJob], store: FeatureStore, args) -> list[tuple[str, str]]:
-    """Extract `todo` on Ray workers, writing each sample as it completes; (id, error) of failures."""
-    # Keep every Ray port on 127.0.0.1, and authenticate as the project's other Ray processes do
-    # (Ray 2.60 otherwise writes a token that later processes may disagree with).
-    os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    import ray
-    from tqdm import tqdm
-
-    started_here = not ray.is_initialized()
-    if started_here:
-        # "local": a Ray of our own; without it ray.init joins any cluster `ray start` left running here
-        ray.init(address=args.address or "local", num_cpus=None if args.address else args.workers, include_dashboard=False, log_to_driver=False)
-    try:
-        worker_class = ray.remote(num_cpus=1)(SampleExtractor)
-        new_worker = lambda: worker_class.remote(args.modalities)  # noqa: E731
-        workers = [new_worker() for _ in range(max(1, min(args.workers, len(todo))))]
-        with tqdm(total=len(todo), unit="sample", desc="extracting", dynamic_ncols=True) as progress:
-            return _dispatch(ray, workers, new_worker, todo, store, progress)
-    finally:
-        if started_here:
-            ray.shutdown()
-
-
-def _dispatch(ray, workers, new_worker, todo: list[SampleJob], store: FeatureStore, progress) -> list[tuple[str, str]]:
-    queue, running, failed, replacements = list(reversed(todo)), {}, [], {}
-    free = [worker for worker in workers for _ in range(IN_FLIGHT_PER_WORKER)]
-    while queue or running:
-        while queue and free:
-            job, worker = queue.pop(), free.pop()
-            running[worker.__call__.remote(job)] = (job, worker)
-        done, _ = ray.wait(list(running), num_returns=1)
-        job, worker = running.pop(done[0])
-        try:
-            store.write_features(job.id, ray.get(done[0]))
-        except ray.exceptions.RayActorError as error:  # the worker died (e.g. killed for memory): replace it
-            if worker not in replacements:  # its other job fails too: one replacement for both
-                replacements[worker] = new_worker()
-            worker = replacements[worker]
-            failed.append((job.id, f"its worker died ({_reason(error)}); run again to retry"))
-            progress.write(f"could not extract {job.id}: {failed[-1][1]}")
-        except Exception as error:  # one bad file is reported, never stops the run
-            failed.append((job.id, _reason(error)))
-            progress.write(f"could not extract {job.id}: {failed[-1][1]}")
-        free.append(worker)
-        progress.update(1)
-    return failed
-
-
-def _reason(error: Exception) -> str:
-    cause = getattr(error, "cause", None) or error  # a RayTaskError carries the worker's exception
-    return f"{type(cause).__name__}: {str(cause).strip().splitlines()[-1] if str(cause).strip() else ''}"
 
 
 def _report(finished: int, skipped: list[tuple[str, str]], failed: list[tuple[str, str]], out: str) -> None:
