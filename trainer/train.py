@@ -191,6 +191,18 @@ def restore(path: str | None, model: GRF, optimizer, average: AveragedModel | No
     return Progress(**state["progress"])
 
 
+def evaluate_epoch(judged: GRF, data, config: TrainConfig, device) -> tuple[dict, dict, float]:
+    """The epoch's weights on valid and test, live on the valid videos, and the score that selects them."""
+    evaluations = {split: evaluate(judged, data.evaluated[split], config, device, split) for split in ("valid", "test")}
+    live = live_metrics(data.live_valid, replay(judged, data.live_valid, device)) if data.live_valid else {}
+    return evaluations, live, selection_score(evaluations["valid"].metrics, live, config)
+
+
+def flat_metrics(evaluations: dict, live: dict) -> dict[str, float]:
+    return {**{f"{s}_{k}": v for s, e in evaluations.items() for k, v in e.metrics.items()},
+            **{f"valid_live_{k}": v for k, v in live.items()}}
+
+
 def train_func(loop_config: dict) -> None:
     """Ray Train's per-worker function: the whole training loop."""
     config = from_dict(TrainConfig, loop_config["config"])
@@ -226,15 +238,11 @@ def train_func(loop_config: dict) -> None:
         train_loss, train_metrics = train_epoch(module, model, loader, streams, optimizer, average, config, epoch, rank,
                                                 device)
         samples_per_s = len(sampler.dataset) / (time.perf_counter() - started)  # all workers together
-        judged = served(model, average)
-        evaluations = {split: evaluate(judged, data.evaluated[split], config, device, split) for split in ("valid", "test")}
-        live = live_metrics(data.live_valid, replay(judged, data.live_valid, device)) if data.live_valid else {}
-        score = selection_score(evaluations["valid"].metrics, live, config)
+        evaluations, live, score = evaluate_epoch(served(model, average), data, config, device)
         improved = score < progress.best_mae
         progress = Progress(epoch + 1, min(progress.best_mae, score), 0 if improved else progress.bad_epochs + 1)
         report = {"epoch": epoch, "train_loss": train_loss, "train_samples_per_s": samples_per_s, "score": score,
-                  **{f"{s}_{k}": v for s, e in evaluations.items() for k, v in e.metrics.items()},
-                  **{f"valid_live_{k}": v for k, v in live.items()}}
+                  **flat_metrics(evaluations, live)}
         checkpoint = None
         if rank == 0:
             record = EpochRecord(epoch, lr, train_loss, train_metrics, samples_per_s, evaluations, improved, live)
