@@ -72,11 +72,12 @@ def _to_request(v: list) -> StepRequest:
 
 
 def _result(r: StepResult) -> list:
-    return [r.session, r.seq, r.segment, r.step, r.modality, list(r.modalities), r.value, r.gate, _array(r.context)]
+    context = None if r.context is None else _array(r.context)
+    return [r.session, r.seq, r.segment, r.step, r.modality, list(r.modalities), r.value, r.gate, context]
 
 
 def _to_result(v: list) -> StepResult:
-    return StepResult(v[0], v[1], v[2], v[3], v[4], tuple(v[5]), v[6], v[7], _to_array(v[8]))
+    return StepResult(v[0], v[1], v[2], v[3], v[4], tuple(v[5]), v[6], v[7], None if v[8] is None else _to_array(v[8]))
 
 
 # method -> (arguments to the wire, from the wire; result to the wire, from the wire)

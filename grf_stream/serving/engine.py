@@ -79,7 +79,8 @@ class StepResult:
     modalities: tuple[str, ...]
     value: float  # the sentiment prediction after this step
     gate: float  # mean update gate z of the step (0 for a segment's first step)
-    context: np.ndarray  # (d,) the new context, on the host: the front-end's copy for re-seeding
+    context: np.ndarray | None  # (d,) the new context, on the host: the front-end's copy for re-seeding;
+    # None while the segment has heard nothing real (its first windows had no real row)
 
 
 class FusionService:
@@ -189,12 +190,14 @@ class FusionService:
 
     def _advance(self, request: StepRequest, state: FusionState, context: torch.Tensor, copy: np.ndarray,
                  value, gate) -> StepResult:
-        state.context = context
+        heard = state.context is not None or bool(request.mask.any())
+        if heard:  # a first window with no real row (no face) starts nothing: the next real one starts the context
+            state.context = context
+            if request.modality not in state.modalities:
+                state.modalities.append(request.modality)
         state.step += 1
-        if request.modality not in state.modalities:
-            state.modalities.append(request.modality)
         return StepResult(request.session, request.seq, state.segment, state.step, request.modality,
-                          tuple(state.modalities), float(value), float(gate), copy)
+                          tuple(state.modalities), float(value), float(gate), copy if heard else None)
 
     def _pad(self, group: list[StepRequest]) -> tuple[torch.Tensor, torch.Tensor]:
         x, mask = pad([r.features for r in group], [r.mask for r in group])  # (B, T, d), (B, T)

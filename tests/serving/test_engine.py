@@ -170,3 +170,21 @@ def test_warming_up_leaves_no_session_and_changes_no_prediction(model):
     for service in (warmed, fresh):
         service.open("s")
     assert [r.value for r in warmed.step(steps)] == [r.value for r in fresh.step(steps)]
+
+
+@pytest.mark.parametrize("init", ["pooled", "learned"])
+def test_a_first_window_with_no_real_row_starts_nothing(init):
+    torch.manual_seed(0)
+    model = GRF(GRFConfig(modalities=SIZES, d_model=32, num_heads=2, d_ffn=64, dropout=0.0, init=init)).eval()
+    rng = np.random.default_rng(6)
+    faceless = StepRequest("s", 0, "vision", np.zeros((3, 8), np.float32), np.zeros(3, bool))
+    words = request("s", 1, "text", window(rng, "text", 4))
+    service = FusionService(model)
+    service.open("s")
+    blank = service.step([faceless])[0]
+    assert blank.modalities == () and blank.context is None and service.states["s"].context is None
+    after = service.step([words])[0]
+    fresh = FusionService(model)
+    fresh.open("s")
+    alone = fresh.step([words])[0]
+    assert after.value == pytest.approx(alone.value, abs=1e-6) and after.modalities == ("text",) and after.step == 2
