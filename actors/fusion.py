@@ -56,9 +56,11 @@ def data_plane_host(frontend_node: str) -> str:
 
 
 def start_fusion_actors(checkpoint: str | Path | None, shards: int, use_gpu: bool, frontend_node: str | None) -> list:
-    """`shards` actors, restarted by Ray whenever they die; on a GPU each when asked."""
+    """`shards` actors, restarted by Ray whenever they die (on another node when theirs is lost),
+    spread over the cluster's nodes; on a GPU each when asked."""
     # Half a CPU each: a 2-core machine must fit fusion and the extractor pools together.
-    options = {"max_restarts": -1, "max_task_retries": 0, "num_cpus": 0.5, "num_gpus": 1 if use_gpu else 0}
+    options = {"max_restarts": -1, "max_task_retries": 0, "num_cpus": 0.5, "num_gpus": 1 if use_gpu else 0,
+               "scheduling_strategy": "SPREAD"}
     path = str(Path(checkpoint).resolve()) if checkpoint is not None else None  # actors may start elsewhere
     device = "cuda" if use_gpu else "cpu"
     return [FusionActor.options(**options).remote(path, device, frontend_node) for _ in range(shards)]
