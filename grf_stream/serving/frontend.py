@@ -75,7 +75,8 @@ class FrontEnd:
             if isinstance(message, p.Hello):
                 self.open(identity, message)
             elif isinstance(message, p.StatsRequest):
-                self.replies.send(identity, p.ServerStats(message.session, message.seq, time.time(), self.replies.numbers.for_clients(len(self.sessions))))
+                numbers = self.replies.numbers.for_clients(len(self.sessions))
+                self.replies.send(identity, p.ServerStats(message.session, message.seq, time.time(), numbers))
             else:
                 self.route(identity, message)
         except p.ProtocolError as error:

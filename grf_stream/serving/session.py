@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from grf_stream.serving import protocol as p
+from grf_stream.serving.modalities import RawModality
 
 
 @dataclass
@@ -68,7 +69,7 @@ class Session:
         self.last_seq = seq
         return True
 
-    def admit(self, message: p.Message, raw, max_messages: int, max_bytes: int) -> None:
+    def admit(self, message: p.Message, raw: RawModality | None, max_messages: int, max_bytes: int) -> None:
         """Refuse a message the session has no room for: its waiting messages and bytes are bounded
         (raw chunks that may be dropped, by their own keep rules)."""
         size = message_bytes(message)
@@ -82,7 +83,7 @@ class Session:
                                   message.seq)
         self.waiting_bytes += size
 
-    def queue_chunk(self, message: p.Message, raw, keep: int | None) -> bool:
+    def queue_chunk(self, message: p.Message, raw: RawModality, keep: int | None) -> bool:
         """A raw chunk waits for the worker, with a token in the inbox; True if the oldest waiting
         chunk was dropped for it (its bytes released, its token now serving the newest)."""
         chunks = self.chunks(raw.name, keep)

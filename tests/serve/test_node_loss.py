@@ -52,7 +52,8 @@ def test_losing_a_node_mid_stream_loses_no_session_and_no_context(two_nodes, tmp
     cluster, second = two_nodes
     model, checkpoint = small_model(tmp_path)
     rng = np.random.default_rng(1)
-    data = {f"s{i}": {m: rng.standard_normal((3 + i, d)).astype(np.float32) for m, d in SIZES.items()} for i in range(6)}
+    data = {f"s{i}": {m: rng.standard_normal((3 + i, d)).astype(np.float32) for m, d in SIZES.items()}
+            for i in range(6)}
 
     async def scenario():
         front = FrontEnd(SIZES, {}, RayFusion(checkpoint, 2, False), None, FrontEndConfig())

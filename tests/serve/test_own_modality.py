@@ -98,7 +98,8 @@ def test_a_pulse_streams_through_the_real_server_window_by_window(plugin, pulse_
 
 def test_the_client_sends_a_signal_from_a_csv(pulse_server, tmp_path):
     wrist = tmp_path / "wrist.csv"
-    wrist.write_text("time,bpm,microsiemens\n" + "".join(f"{i / 4:.2f},{70 + i % 5},{5 + i % 3 / 10}\n" for i in range(24)))
+    rows = "".join(f"{i / 4:.2f},{70 + i % 5},{5 + i % 3 / 10}\n" for i in range(24))
+    wrist.write_text("time,bpm,microsiemens\n" + rows)
     transcript = tmp_path / "talk.csv"
     transcript.write_text("start,end,text\n1.0,2.5,what a lovely day\n")
     result = subprocess.run([sys.executable, "-m", "grf_stream.client", "--server", pulse_server, "--signal",
