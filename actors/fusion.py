@@ -67,7 +67,7 @@ def start_fusion_actors(checkpoint: str | Path | None, shards: int, use_gpu: boo
 
 
 class RayFusion:
-    """The front-end's fusion backend over Ray actors (see `grf_stream.serving.batcher.FusionBackend`)."""
+    """The front-end's fusion backend over Ray actors (see `grf_stream.serving.engine.FusionBackend`)."""
 
     def __init__(self, checkpoint: str | Path | None, shards: int, use_gpu: bool, data_plane: str = "zmq",
                  restart_timeout_s: float = 60):

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import signal
 import time
-import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
