@@ -102,8 +102,9 @@ class FusionService:
         """Start a session, or re-seed it from the front-end's copy after this service restarted."""
         if state is None:
             state = FusionState()
-        elif state.context is not None:  # the copy is on the host; the context lives on the device
-            state = dataclasses.replace(state, context=torch.as_tensor(state.context, device=self.device))
+        else:  # a state of its own (the copy stays the front-end's), its context on the device
+            context = None if state.context is None else torch.as_tensor(state.context, device=self.device)
+            state = dataclasses.replace(state, context=context, modalities=list(state.modalities))
         self.states[session] = state
 
     def end_segment(self, session: str, carry_context: bool = False) -> int:
