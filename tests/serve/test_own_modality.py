@@ -5,13 +5,13 @@ import importlib
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import zmq
 
-from conftest import ROOT
 from grf_stream.checkpoint import save_checkpoint
 from grf_stream.model import GRF, GRFConfig
 from grf_stream.serving import protocol as p
@@ -19,6 +19,7 @@ from grf_stream.serving.engine import FusionService, StepRequest
 from grf_stream.windows import cut, window_rows
 
 PLUGIN = "tests.serve.pulse_modality"
+ROOT = Path(__file__).resolve().parents[2]  # where the server runs, and imports the plugin from
 
 
 @pytest.fixture(scope="module")
