@@ -101,8 +101,11 @@ def test_the_served_prediction_of_the_mosi_clip_is_its_offline_evaluation(server
     # At real-time speed on warm extractors, so that no frame is dropped as late: the offline path
     # reads every one.
     client(server, "--video", str(MEDIA), "--speed", "4", "--window", "segment")
-    result = client(server, "--video", str(MEDIA), "--transcript", str(transcript), "--window", "segment")
-    closed = replies(result)[-1]
+    for _ in range(3):  # a loaded machine may still drop a late frame (counted): the comparison needs them all
+        result = client(server, "--video", str(MEDIA), "--transcript", str(transcript), "--window", "segment")
+        closed = replies(result)[-1]
+        if not any(k.startswith("drops") and v for k, v in closed["stats"].items()):
+            break
     assert not any(k.startswith("drops") and v for k, v in closed["stats"].items()), closed["stats"]
     served = [r for r in replies(result) if r["type"] == "prediction"]
     order = [p["modality"] for p in served]
