@@ -10,13 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import zmq
 
 from grf_stream.checkpoint import save_checkpoint
 from grf_stream.model import GRF, GRFConfig
 from grf_stream.serving import protocol as p
 from grf_stream.serving.engine import FusionService, StepRequest
 from grf_stream.windows import cut, window_rows
+
+from test_serve_end_to_end import send_and_collect
 
 PLUGIN = "tests.serve.pulse_modality"
 ROOT = Path(__file__).resolve().parents[2]  # where the server runs, and imports the plugin from
@@ -45,20 +46,6 @@ def pulse_model(plugin, tmp_path_factory):
     return model, path
 
 
-def exchange(address, messages, wanted):
-    with zmq.Context() as context:
-        sock = context.socket(zmq.DEALER)
-        sock.linger = 0
-        sock.connect(address)
-        for message in messages:
-            sock.send(p.encode(message))
-        replies = []
-        while len(replies) < wanted and sock.poll(60_000):
-            replies.append(p.decode_reply(sock.recv()))
-        sock.close()
-    return replies
-
-
 @pytest.fixture(scope="module")
 def pulse_server(pulse_model, start_server):
     with start_server(f"checkpoint={pulse_model[1]}", f"plugins=[{PLUGIN}]") as address:
@@ -75,7 +62,7 @@ def test_a_pulse_streams_through_the_real_server_window_by_window(plugin, pulse_
     sent += [p.Signal("wrist", 20, 6.0, "pulse", samples[:2, :1].copy(), 4.0),  # one column: refused
              p.Signal("wrist", 21, 6.1, "heartbeat", samples[:2], 4.0),  # not served
              p.Text("wrist", 22, 6.2, "I feel great"), p.Bye("wrist", 23, 6.3)]
-    replies = exchange(pulse_server, sent, wanted=1 + 7 + 2 + 1)
+    replies = send_and_collect(pulse_server, sent, replies_wanted=1 + 7 + 2 + 1)
 
     welcome = next(r for r in replies if isinstance(r, p.Welcome))  # refusals may come before it
     rest = [r for r in replies if r is not welcome]
