@@ -4,9 +4,10 @@ In one run, the server as a user starts it (`python -m grf_stream.serve`), twice
 the well-behaved sessions, once with hostile clients beside them, each for `--minutes`:
 - well-behaved: `--sessions` sessions, each sending one `features` step every 100 ms (1 s of audio,
   1 s of video or a phrase, in turn), timed from sending to its prediction;
-- hostile (second run only), each on its own connection and at full speed: fuzzed bytes and
-  msgpack maps, 9 MiB messages, JPEG bombs (a 629-byte header declaring 8000x8000), phrases of
-  2,000 punctuation marks, and a flood of 4 s PCM chunks;
+- hostile (second run only), each on its own connection, in a process of its own (as another
+  machine would be, but on these same cores) and at full speed: fuzzed bytes and msgpack maps,
+  9 MiB messages, JPEG bombs (a 629-byte header declaring 8000x8000), phrases of 2,000
+  punctuation marks, and a flood of 4 s PCM chunks;
 - every minute the fusion actor's process is killed (`kill -9`); Ray restarts it and the server
   re-seeds it.
 It reports, per minute, the well-behaved sessions' p50/p99, their errors and lost predictions
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import os
 import random
 import signal
@@ -167,6 +169,19 @@ async def hostile(address: str, kind: str, until: float) -> None:
 HOSTILE = ("fuzz", "oversized", "jpeg_bomb", "long_phrase", "audio_flood")
 
 
+def run_hostile(address: str, kind: str, seconds: float) -> None:
+    """One hostile client's process (its own event loop: its load never delays the measuring clients')."""
+    asyncio.run(hostile(address, kind, time.perf_counter() + seconds))
+
+
+def start_hostile(address: str, kinds: tuple[str, ...], seconds: float) -> list[multiprocessing.Process]:
+    spawn = multiprocessing.get_context("spawn")  # no fork of this process's ZeroMQ context
+    processes = [spawn.Process(target=run_hostile, args=(address, kind, seconds), daemon=True) for kind in kinds]
+    for process in processes:
+        process.start()
+    return processes
+
+
 async def soak(address: str, sessions: int, seconds: float, kinds: tuple[str, ...], server_pid: int) -> dict:
     record, memory, kills = Record(), [], []
     started = time.perf_counter()
@@ -182,9 +197,12 @@ async def soak(address: str, sessions: int, seconds: float, kinds: tuple[str, ..
                 next_kill += 60
             await asyncio.sleep(1.0)
 
+    attackers = start_hostile(address, kinds, seconds)
     tasks = [well_behaved(address, f"good-{i}-{time.time_ns()}", until, record) for i in range(sessions)]
-    tasks += [hostile(address, kind, until) for kind in kinds]
     await asyncio.gather(watch(), *tasks)
+    for process in attackers:
+        process.join(10)
+        process.kill()
     return {"record": record, "memory": memory, "kills": kills, "started": started}
 
 

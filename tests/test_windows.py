@@ -102,7 +102,7 @@ async def serve_stream(order, rows, window_s):
     await front.handle(b"c", p.encode(p.Hello("s", 0, 0.0, list(SIZES), "window", window_s=window_s)))
     for seq, modality in enumerate(order, start=1):
         await front.handle(b"c", p.encode(message(modality, seq)))
-        while front.sessions["s"].inbox.qsize() or front.batcher.queues[0].qsize():  # one chunk at a time
+        while front.sessions["s"].inbox.qsize() or front.batcher.queued(0):  # one chunk at a time
             await asyncio.sleep(0.001)
     await asyncio.sleep(0.05)
     runner.cancel()

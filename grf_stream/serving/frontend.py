@@ -8,8 +8,8 @@ messages directly ("these messages in, these out").
   turns them into steps: raw chunks through the extractors, rows cut into windows, phrases.
 - Late data: a session keeps only its newest waiting video frame and a bounded queue of audio (and
   signal) chunks, the oldest dropped; text is never dropped. Drops are counted per session.
-- Steps of all sessions go to the batcher (batcher.py), which fuses them batched per fusion shard
-  and hands each result back to `deliver`.
+- Steps of all sessions go to the batcher (batcher.py), which fuses them batched per fusion shard,
+  each session in turn, and hands each result back to the replies.
 - Every session is bounded: the messages and bytes waiting for its worker, the rows of a step.
 """
 
@@ -42,6 +42,7 @@ class FrontEndConfig:
     max_waiting_messages: int = 256  # per session: text, features and control messages not yet taken
     max_waiting_bytes: int = 16 * 1024 * 1024  # per session: the bytes of every message not yet taken
     max_queued_steps: int = 1024  # per fusion shard; a full queue holds the sessions' workers back
+    max_session_steps: int = 16  # per session: steps waiting for fusion; more hold its worker (only its) back
     limits: p.Limits = p.Limits()  # what a message and a step may hold; told to clients in welcome
 
     def told_to_clients(self) -> dict:
@@ -64,7 +65,7 @@ class FrontEnd:
         self.outbox = self.replies.outbox  # what serve.py sends
         self.policy = WindowPolicy(modalities, rates, extractors, config.limits, self.submit, self.replies.drop)
         self.batcher = Batcher(self.fusion, config.max_batch, config.max_wait_ms, config.max_queued_steps, clock,
-                               self.replies.prediction, self.replies.step_failed)
+                               self.replies.prediction, self.replies.step_failed, config.max_session_steps)
 
     # -- messages in -------------------------------------------------------------------------
 
@@ -92,6 +93,8 @@ class FrontEnd:
         if raw is not None and raw.name not in session.modalities:
             raise p.ProtocolError(p.UNKNOWN_MODALITY, f"{raw.name} was not opened: this session sends "
                                   f"{list(session.modalities)} (say so in hello)", session.id, message.seq)
+        if isinstance(message, p.Audio):
+            message = session.at_hello_rate(message)
         session.admit(message, raw, self.config.max_waiting_messages, self.config.max_waiting_bytes)
         if raw is None:
             session.inbox.put_nowait(message)

@@ -414,7 +414,7 @@ class Audio(Message):
     """A chunk of microphone audio, PCM16 mono."""
 
     pcm: np.ndarray = wire(_pcm16)  # (samples,) int16
-    sample_rate: int = wire(_sample_rate)
+    sample_rate: int | None = wire(_sample_rate, None)  # Hz; left out: the rate the session's hello named
 
 
 @dataclass(frozen=True, eq=False)

@@ -6,6 +6,7 @@ The fusion service holds the live context (and engine.SeededFusion the front-end
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections import Counter, deque
 from dataclasses import dataclass, field
 
@@ -68,6 +69,17 @@ class Session:
             return False
         self.last_seq = seq
         return True
+
+    def at_hello_rate(self, audio: p.Audio) -> p.Audio:
+        """An audio chunk at the rate the session's hello named: a chunk that names none is at it, one
+        at another rate is refused (the session's audio is one stream, at one rate)."""
+        if audio.sample_rate is None:
+            return dataclasses.replace(audio, sample_rate=self.sample_rate)
+        if audio.sample_rate != self.sample_rate:
+            raise p.ProtocolError(p.BAD_FIELD, f"audio at {audio.sample_rate} Hz: this session's hello said "
+                                  f"sample_rate {self.sample_rate}; send its audio at that rate (or leave the "
+                                  "rate out), or open a session at this one", self.id, audio.seq)
+        return audio
 
     def admit(self, message: p.Message, raw: RawModality | None, max_messages: int, max_bytes: int) -> None:
         """Refuse a message the session has no room for: its waiting messages and bytes are bounded

@@ -215,3 +215,28 @@ def test_a_connection_flooding_bad_messages_gets_a_bounded_number_of_error_repli
     assert sum(1 for identity, _ in replies if identity == b"other") == 1  # other connections are answered
     numbers = front.replies.numbers.now(len(front.sessions))
     assert numbers["errors_unanswered"] == 50 and numbers["errors"] == ERROR_BURST + 51
+
+
+class Rates(TextRows):
+    """Audio extraction that records the sample rate of every chunk it is given."""
+
+    def __init__(self):
+        self.rates = []
+
+    async def extract(self, modality, session, chunk):
+        self.rates.append(chunk.sample_rate)
+        return np.zeros((0, SIZES[modality]), np.float32), np.zeros(0, bool)
+
+
+def test_audio_is_at_the_rate_the_hello_named():
+    front, _ = make_frontend()
+    rates = Rates()
+    front.policy.extractors = rates
+    pcm = np.zeros(800, np.int16)
+    sent = [hello(sample_rate=8000), p.Audio("s", 1, 1.0, pcm), p.Audio("s", 2, 1.1, pcm, 16000),
+            p.Audio("s", 3, 1.2, pcm, 8000)]
+    replies = run(exchange(front, sent))
+    errors = [r for r in replies if isinstance(r, p.Error)]
+    assert [(e.code, e.seq) for e in errors] == [(p.BAD_FIELD, 2)], errors
+    assert "hello said sample_rate 8000" in errors[0].message
+    assert rates.rates == [8000, 8000]  # the chunk without a rate and the one at the hello's rate

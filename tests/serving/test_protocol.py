@@ -152,7 +152,7 @@ def test_codes_are_a_documented_closed_set():
 
 REQUIRED = {  # type -> its required fields besides v and type
     "hello": ["session", "seq", "ts", "modalities", "window"],
-    "audio": ["session", "seq", "ts", "pcm", "sample_rate"],
+    "audio": ["session", "seq", "ts", "pcm"],
     "text": ["session", "seq", "ts", "text"],
     "features": ["session", "seq", "ts", "modality", "data", "shape"],
     "signal": ["session", "seq", "ts", "modality", "data", "shape", "rate"],
