@@ -165,12 +165,13 @@ class FusionService:
         return waves
 
     def _groups(self, wave: list[int], requests: list[StepRequest]) -> list[list[int]]:
-        """One model call per (first step or not, modality) within a wave."""
-        groups: dict[tuple[bool, str], list[int]] = {}
+        """One model call per (first step or not, modality, length class) within a wave: a step of
+        thousands of rows is not padded into the calls of the short steps beside it."""
+        groups: dict[tuple[bool, str, int], list[int]] = {}
         for i in wave:
             request = requests[i]
             first = self.states[request.session].context is None
-            groups.setdefault((first, request.modality), []).append(i)
+            groups.setdefault((first, request.modality, length_class(len(request.mask))), []).append(i)
         return list(groups.values())
 
     def _run_group(self, group: list[StepRequest]) -> list[StepResult]:
@@ -208,6 +209,11 @@ class FusionService:
         if session not in self.states:
             raise UnknownSession(f"session {session!r} is not open on this fusion service")
         return self.states[session]
+
+
+def length_class(rows: int) -> int:
+    """Steps of up to 128 rows share a class; above, each class spans a factor of 4 (at most 4x padding)."""
+    return max(0, (max(rows, 1) - 1).bit_length() - 7 + 1) // 2
 
 
 class LocalFusion:

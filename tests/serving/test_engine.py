@@ -61,6 +61,25 @@ def test_batched_equals_alone_and_sessions_do_not_leak(model):
     assert got[-1].modalities == ("text", "audio", "vision")  # what the context holds, each once
 
 
+def test_a_long_step_is_not_padded_into_the_short_steps_call(model):
+    rng = np.random.default_rng(4)
+    service = FusionService(model)
+    calls = []
+    run_group = service._run_group
+    service._run_group = lambda group: calls.append(sorted(len(r.mask) for r in group)) or run_group(group)
+    steps = {"short-a": 12, "short-b": 30, "long": 2000}
+    for s in steps:
+        service.open(s)
+    crowd = service.step([request(s, 0, "text", window(rng, "text", rows)) for s, rows in steps.items()])
+    assert calls == [[12, 30], [2000]]
+    alone = FusionService(model)
+    for s in steps:
+        alone.open(s)
+    rng = np.random.default_rng(4)
+    expected = [alone.step([request(s, 0, "text", window(rng, "text", rows))])[0] for s, rows in steps.items()]
+    assert_close(torch.tensor([r.value for r in crowd]), torch.tensor([r.value for r in expected]))
+
+
 def test_two_steps_of_one_session_in_one_call_apply_in_order(model):
     rng = np.random.default_rng(2)
     a, b = window(rng, "text", 5), window(rng, "audio", 7)
