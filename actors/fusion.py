@@ -21,6 +21,8 @@ must be readable on every node (the packaged model is: it is installed with the 
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
 from pathlib import Path
 
 import ray
@@ -41,6 +43,7 @@ class FusionActor(FusionService):
     a data plane when given the front-end's node (None: session calls come as Ray calls)."""
 
     def __init__(self, checkpoint: str | None, device: str, frontend_node: str | None = None):
+        normal_priority()
         model, _, _ = load_serving_model(checkpoint)
         super().__init__(model, device)
         self.channel = ChannelServer(self, data_plane_host(frontend_node)) if frontend_node is not None else None
@@ -48,6 +51,20 @@ class FusionActor(FusionService):
     def data_plane(self) -> str | None:
         """Where this actor's data plane listens (answers once the actor is up, after a restart too)."""
         return self.channel.address if self.channel is not None else None
+
+
+def normal_priority() -> None:
+    """Run at nice 0 where the OS allows it. Ray starts workers at nice 15 (unless its cluster was
+    started with RAY_worker_niceness=0), and a fusion step is every session's serving path: at nice 15
+    it waits seconds for the CPU behind any busy process of the machine."""
+    if os.getpriority(os.PRIO_PROCESS, 0) <= 0:
+        return
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, 0)
+    except PermissionError:
+        print(f"grf-stream: this fusion actor runs at nice {os.getpriority(os.PRIO_PROCESS, 0)} and may not lower "
+              "it: on a busy node its steps wait for the CPU; start the Ray cluster with RAY_worker_niceness=0",
+              file=sys.stderr, flush=True)
 
 
 def data_plane_host(frontend_node: str) -> str:
