@@ -6,7 +6,8 @@
   each `features` message one step; what is left of a window when the segment ends, one last step.
 
 Raw chunks go through the extractors first. A partial transcript (final: false) is held and
-replaced by the next one. A step carries at most `limits.max_step_rows` rows.
+replaced by the next one. A step carries at most `limits.max_step_rows` rows, a phrase at most
+`limits.max_phrase_rows`.
 """
 
 from __future__ import annotations
@@ -75,6 +76,10 @@ class WindowPolicy:
     async def phrase(self, session: Session, modality: str, message: p.Text, rows: np.ndarray,
                      mask: np.ndarray) -> None:
         """A transcript phrase: held (a partial one replaced by the next), one step when final in window policy."""
+        if len(rows) > self.limits.max_phrase_rows:  # one such step would hold up every session of its shard
+            raise p.ProtocolError(p.TOO_LARGE, f"this phrase is {len(rows)} {modality} rows (word pieces), a phrase "
+                                  f"is at most {self.limits.max_phrase_rows}: send the transcript phrase by phrase, "
+                                  "as each one ends", session.id, message.seq)
         held = session.held_rows(modality) - session.partial_rows  # a partial is replaced, not added to
         self.check_step_rows(session, modality, held + len(rows), message.seq)
         session.hold_phrase(modality, rows, mask, message.final)

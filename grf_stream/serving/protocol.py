@@ -117,6 +117,7 @@ class Limits:
     min_window_s: float = 1 / 30  # one video frame: a shorter window would make a step of every audio row
     max_window_s: float = 60.0  # a longer window would buffer minutes of raw media per session
     max_step_rows: int = 6_000  # feature rows one step may carry: a segment's held rows, a phrase, a features message
+    max_phrase_rows: int = 512  # rows (word pieces) of one phrase: its step's cost grows with their square
 
 
 

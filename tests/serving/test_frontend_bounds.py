@@ -74,6 +74,16 @@ def test_a_partial_transcript_is_replaced_not_added_to():
     assert len(steps) == 1 and "".join(chr(int(row[0])) for row in steps[0].features) == "I liked it"
 
 
+def test_a_phrase_over_the_row_limit_is_refused_and_the_session_goes_on():
+    front, _ = make_frontend(limits=p.Limits(max_phrase_rows=8))
+    front.policy.extractors = TextRows()
+    sent = [hello(), p.Text("s", 1, 1.0, "!" * 9, True), p.Text("s", 2, 1.1, "all good", True)]
+    replies = run(exchange(front, sent))
+    assert [type(r) for r in replies] == [p.Welcome, p.Error, p.Prediction], replies
+    assert replies[1].code == p.TOO_LARGE and "at most 8" in replies[1].message and "phrase by phrase" in replies[1].message
+    assert replies[2].seq == 2
+
+
 def test_a_failing_step_fails_alone_and_every_copy_stays_in_step():
     front, _ = make_frontend()
     service = front.fusion.backend.services[0]
