@@ -174,10 +174,9 @@ class FrontEnd:
         async def close() -> None:
             self.sessions.pop(session.id, None)
             await self.fusion.close(self.batcher.shard(session.id), session.id)
-            if self.policy.extractors is not None:
-                await self.policy.extractors.close(session.id)
             self.replies.send(session.identity, p.Closed(session.id, session.last_seq, time.time(), reason,
                                                          dict(session.stats)))
+            self.policy.forget(session.id)
 
         if session.closing:
             return

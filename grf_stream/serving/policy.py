@@ -12,6 +12,8 @@ replaced by the next one. A step carries at most `limits.max_step_rows` rows, a 
 
 from __future__ import annotations
 
+import asyncio
+import sys
 from typing import Any, Awaitable, Callable, Protocol
 
 import numpy as np
@@ -38,6 +40,7 @@ class WindowPolicy:
         self.modalities = modalities  # what the model fuses: name -> feature size
         self.rates = rates  # feature rows per second of each raw modality
         self.extractors, self.limits, self.submit, self.count_drop = extractors, limits, submit, count_drop
+        self.forgetting: set[asyncio.Task] = set()  # closed sessions' extractor state being let go
 
     async def chunk(self, session: Session, raw: RawModality, message: p.Message) -> None:
         """A raw chunk, taken from the session's waiting chunks: extracted, then held or fused."""
@@ -122,6 +125,21 @@ class WindowPolicy:
         for modality, features, mask in session.take_pending():
             if mask.any():  # a window of only masked rows (no face at all) tells the model nothing
                 await self.submit(session, seq, modality, features, mask)
+
+
+    def forget(self, session: str) -> None:
+        """A closed session's extractor state goes, in the background: a close runs in its fusion shard's
+        loop, and an extractor still busy with the session's backlog would hold up the whole shard."""
+        if self.extractors is not None:
+            self.forgetting.add(task := asyncio.create_task(self._close_extractors(session)))
+            task.add_done_callback(self.forgetting.discard)
+
+    async def _close_extractors(self, session: str) -> None:
+        try:
+            await self.extractors.close(session)
+        except Exception as error:  # the session is gone either way; an actor restart drops its state too
+            print(f"grf-stream: closing session {session!r} on the extractors failed: {cause(error)}",
+                  file=sys.stderr, flush=True)
 
 
 def cause(error: BaseException) -> str:

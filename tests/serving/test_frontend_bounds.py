@@ -250,3 +250,30 @@ def test_audio_is_at_the_rate_the_hello_named():
     assert [(e.code, e.seq) for e in errors] == [(p.BAD_FIELD, 2)], errors
     assert "hello said sample_rate 8000" in errors[0].message
     assert rates.rates == [8000, 8000]  # the chunk without a rate and the one at the hello's rate
+
+
+class SlowClose(TextRows):
+    """Extractors whose close waits until released (busy with the closing session's backlog)."""
+
+    def __init__(self):
+        self.release = asyncio.Event()
+
+    async def close(self, session):
+        await self.release.wait()
+
+
+def test_a_close_waiting_on_busy_extractors_holds_up_no_other_session():
+    front, _ = make_frontend()
+    slow = SlowClose()
+    front.policy.extractors = slow
+
+    async def scenario():
+        replies = await exchange(front, [hello("a"), hello("b"), p.Bye("a", 1, 1.0),
+                                         features("b", 1, "audio", np.zeros((3, 5)))])
+        slow.release.set()
+        await asyncio.sleep(0.01)
+        return replies
+
+    replies = run(scenario())
+    assert [(type(r), r.session) for r in replies if not isinstance(r, p.Welcome)] == [
+        (p.Closed, "a"), (p.Prediction, "b")], replies
