@@ -86,10 +86,11 @@ class Server:
 
     async def receive(self) -> None:
         while True:
-            frames = await self.socket.recv_multipart()
+            # Not copied into Python bytes: an oversized message is refused by its length alone.
+            frames = await self.socket.recv_multipart(copy=False)
             if len(frames) != 2:  # a ROUTER sees [identity, payload] from a DEALER
                 continue
-            await self.frontend.handle(frames[0], frames[1])
+            await self.frontend.handle(frames[0].bytes, frames[1].buffer)
             # A message already waiting is received without yielding: without this, a client flooding
             # the socket would starve every session's worker, the batcher and the send loop.
             await asyncio.sleep(0)

@@ -8,6 +8,9 @@ messages directly ("these messages in, these out").
   turns them into steps: raw chunks through the extractors, rows cut into windows, phrases.
 - Late data: a session keeps only its newest waiting video frame and a bounded queue of audio (and
   signal) chunks, the oldest dropped; text is never dropped. Drops are counted per session.
+- Media faster than live: a session's audio, video and signal may run ahead of real time by
+  `media_burst_s` and then come at most `max_media_speed` times real time; the rest is dropped on
+  arrival (counted), before any extractor spends time on it.
 - Steps of all sessions go to the batcher (batcher.py), which fuses them batched per fusion shard,
   each session in turn, and hands each result back to the replies.
 - Every session is bounded: the messages and bytes waiting for its worker, the rows of a step.
@@ -43,12 +46,15 @@ class FrontEndConfig:
     max_waiting_bytes: int = 16 * 1024 * 1024  # per session: the bytes of every message not yet taken
     max_queued_steps: int = 1024  # per fusion shard; a full queue holds the sessions' workers back
     max_session_steps: int = 16  # per session: steps waiting for fusion; more hold its worker (only its) back
+    max_media_speed: float = 8.0  # per session and raw modality: media seconds a second, past the burst
+    media_burst_s: float = 60.0  # how far ahead of real time a client may run at once; beyond: dropped
     limits: p.Limits = p.Limits()  # what a message and a step may hold; told to clients in welcome
 
     def told_to_clients(self) -> dict:
         """The limits a welcome tells: what a message and a step may hold, and the session bounds."""
         return {**dataclasses.asdict(self.limits), "max_sessions": self.max_sessions,
-                "idle_timeout_s": self.idle_timeout_s, "max_waiting_bytes": self.max_waiting_bytes}
+                "idle_timeout_s": self.idle_timeout_s, "max_waiting_bytes": self.max_waiting_bytes,
+                "max_media_speed": self.max_media_speed, "media_burst_s": self.media_burst_s}
 
 
 class FrontEnd:
@@ -69,7 +75,7 @@ class FrontEnd:
 
     # -- messages in -------------------------------------------------------------------------
 
-    async def handle(self, identity: bytes, data: bytes) -> None:
+    async def handle(self, identity: bytes, data: bytes | memoryview) -> None:
         """One client message; every problem becomes an error reply, nothing propagates."""
         try:
             message = p.decode(data, self.config.limits)
@@ -90,11 +96,12 @@ class FrontEnd:
         session = open_session(self.sessions, identity, message)
         session.last_seen = self.clock()
         raw = raw_modality(message)
-        if raw is not None and raw.name not in session.modalities:
-            raise p.ProtocolError(p.UNKNOWN_MODALITY, f"{raw.name} was not opened: this session sends "
-                                  f"{list(session.modalities)} (say so in hello)", session.id, message.seq)
-        if isinstance(message, p.Audio):
-            message = session.at_hello_rate(message)
+        if raw is not None:
+            message = session.check_chunk(raw, message)
+            if not session.within_budget(raw, message, self.clock(), self.config.max_media_speed,
+                                         self.config.media_burst_s):
+                self.replies.drop(session, raw.name)  # faster than any live source: dropped before it costs anything
+                return
         session.admit(message, raw, self.config.max_waiting_messages, self.config.max_waiting_bytes)
         if raw is None:
             session.inbox.put_nowait(message)

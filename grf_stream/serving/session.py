@@ -45,6 +45,25 @@ class Window:
 
 
 @dataclass
+class MediaBudget:
+    """Seconds of a modality's media a session may still send: a live source makes one second a
+    second, and a client may run ahead by `burst_s` and catch up at `speed` times real time."""
+
+    speed: float
+    burst_s: float
+    left: float
+    at: float  # when `left` was last brought up to date
+
+    def take(self, seconds: float, now: float) -> bool:
+        self.left = min(self.burst_s, self.left + (now - self.at) * self.speed)
+        self.at = now
+        if seconds > self.left:
+            return False
+        self.left -= seconds
+        return True
+
+
+@dataclass
 class Session:
     id: str
     identity: bytes  # the ZeroMQ routing id of the client's socket
@@ -62,6 +81,7 @@ class Session:
     waiting: dict[str, deque] = field(default_factory=dict)  # raw chunks not yet taken, per modality (bounded)
     waiting_bytes: int = 0  # the bytes of every message received and not yet taken (bounded by the front-end)
     partial_rows: int = 0  # the newest held phrase rows that came from a partial transcript (final: false)
+    budgets: dict[str, MediaBudget] = field(default_factory=dict)  # per raw timed modality
 
     def accept_seq(self, seq: int) -> bool:
         """Sequence numbers only grow; a message that goes back is refused."""
@@ -69,6 +89,13 @@ class Session:
             return False
         self.last_seq = seq
         return True
+
+    def check_chunk(self, raw: RawModality, message: p.Message) -> p.Message:
+        """A raw chunk of a modality the session opened; an audio chunk at the hello's rate."""
+        if raw.name not in self.modalities:
+            raise p.ProtocolError(p.UNKNOWN_MODALITY, f"{raw.name} was not opened: this session sends "
+                                  f"{list(self.modalities)} (say so in hello)", self.id, message.seq)
+        return self.at_hello_rate(message) if isinstance(message, p.Audio) else message
 
     def at_hello_rate(self, audio: p.Audio) -> p.Audio:
         """An audio chunk at the rate the session's hello named: a chunk that names none is at it, one
@@ -80,6 +107,13 @@ class Session:
                                   f"sample_rate {self.sample_rate}; send its audio at that rate (or leave the "
                                   "rate out), or open a session at this one", self.id, audio.seq)
         return audio
+
+    def within_budget(self, raw: RawModality, message: p.Message, now: float, speed: float, burst_s: float) -> bool:
+        """Whether a chunk's seconds of media fit the session's budget for its modality (and take them)."""
+        if raw.seconds is None:  # not timed (text): bounded by the waiting messages instead
+            return True
+        budget = self.budgets.setdefault(raw.name, MediaBudget(speed, burst_s, burst_s, now))
+        return budget.take(raw.seconds(message), now)
 
     def admit(self, message: p.Message, raw: RawModality | None, max_messages: int, max_bytes: int) -> None:
         """Refuse a message the session has no room for: its waiting messages and bytes are bounded

@@ -277,3 +277,24 @@ def test_a_close_waiting_on_busy_extractors_holds_up_no_other_session():
     replies = run(scenario())
     assert [(type(r), r.session) for r in replies if not isinstance(r, p.Welcome)] == [
         (p.Closed, "a"), (p.Prediction, "b")], replies
+
+
+def test_audio_faster_than_the_media_budget_is_dropped_on_arrival_and_counted():
+    clock = Clock()
+    front, _ = make_frontend(clock=clock, max_media_speed=2.0, media_burst_s=10.0)
+    rates = Rates()
+    front.policy.extractors = rates
+    second = np.zeros(16000, np.int16)
+
+    async def scenario():
+        await exchange(front, [hello()])
+        for seq in range(1, 16):  # 15 s of audio at once: the 10 s burst passes, the rest is dropped
+            await front.handle(b"client", p.encode(p.Audio("s", seq, float(seq), second)))
+        clock.now = 2.0  # 2 s later, at 2x real time: room for 4 s more
+        for seq in range(16, 22):
+            await front.handle(b"client", p.encode(p.Audio("s", seq, float(seq), second)))
+        return await exchange(front, [p.Bye("s", 30, 30.0)])
+
+    replies = run(scenario())
+    closed = [r for r in replies if isinstance(r, p.Closed)][0]
+    assert len(rates.rates) == 14 and closed.stats["drops_audio"] == 7, (len(rates.rates), closed.stats)
