@@ -93,7 +93,6 @@ class Record:
     def __init__(self):
         self.latencies: list[tuple[float, float]] = []  # (sent at, ms)
         self.errors: list[tuple[float, str]] = []
-        self.server = []
         self.sent = 0
         self.answered = 0
 
@@ -113,7 +112,6 @@ async def well_behaved(address: str, name: str, until: float, record: Record) ->
             if isinstance(reply, p.Prediction) and reply.seq in sent:
                 started = sent.pop(reply.seq)
                 record.latencies.append((started, (time.perf_counter() - started) * 1000))
-                record.server.append((started, reply.latency_ms))
                 record.answered += 1
             elif isinstance(reply, p.Error):
                 record.errors.append((time.perf_counter(), f"{reply.code}: {reply.message[:80]}"))
