@@ -15,6 +15,7 @@ It reports, per minute, the well-behaved sessions' p50/p99, their errors and los
 the peak, and at the end of minute 1 against the end of the run.
 
     python bench/soak.py [--sessions 32] [--minutes 5] [--hostile fuzz oversized ...] [--write BENCHMARKS.md]
+    python bench/soak.py --sessions 8 --each 30      # each hostile client alone, 30 s each
 """
 
 from __future__ import annotations
@@ -252,13 +253,41 @@ def report(results: dict[str, dict], sessions: int, minutes: int) -> str:
     return "\n".join(lines)
 
 
+def each_alone(address: str, sessions: int, seconds: float, kinds: tuple[str, ...], server_pid: int) -> str:
+    """One server; the well-behaved sessions alone, then beside each hostile client on its own (no kills)."""
+    lines = [f"Machine: {cpu_name()}, {os.cpu_count()} cores, shared as above. {sessions} well-behaved sessions at "
+             f"10 steps/s each, {seconds:.0f} s per run, one server; the first 5 s of each run left out (the "
+             "attacker's process starting).", "",
+             "| beside | p50 ms | p99 ms | max ms | errors | lost |", "|---|---:|---:|---:|---:|---:|"]
+    for kind in ("nothing", *kinds):
+        result = asyncio.run(soak(address, sessions, seconds, () if kind == "nothing" else (kind,), server_pid))
+        record = result["record"]
+        ms = [v for t, v in record.latencies if t - result["started"] >= 5]
+        lines.append(f"| {kind} | {np.percentile(ms, 50):.1f} | {np.percentile(ms, 99):.1f} | {max(ms):.1f} | "
+                     f"{len(record.errors)} | {record.sent - record.answered} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sessions", type=int, default=32)
     parser.add_argument("--minutes", type=int, default=5)
     parser.add_argument("--hostile", nargs="+", choices=HOSTILE, default=list(HOSTILE), help="which hostile clients")
+    parser.add_argument("--each", type=float, metavar="SECONDS",
+                        help="instead: each hostile client alone beside the sessions, SECONDS each")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
+    if args.each:
+        process, address = start_server()
+        try:
+            body = each_alone(address, args.sessions, args.each, tuple(args.hostile), process.pid)
+        finally:
+            process.send_signal(signal.SIGINT)
+            process.wait(60)
+        print(body)
+        if args.write:
+            write_section(args.write, "soak_each", "Soak: each hostile client alone", body, command_line("soak.py"))
+        return
     results = {}
     for name, kinds in (("well-behaved only", ()), ("with hostile clients", tuple(args.hostile))):
         process, address = start_server()
