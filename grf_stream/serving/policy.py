@@ -126,7 +126,6 @@ class WindowPolicy:
             if mask.any():  # a window of only masked rows (no face at all) tells the model nothing
                 await self.submit(session, seq, modality, features, mask)
 
-
     def forget(self, session: str) -> None:
         """A closed session's extractor state goes, in the background: a close runs in its fusion shard's
         loop, and an extractor still busy with the session's backlog would hold up the whole shard."""
