@@ -17,7 +17,9 @@ segment for the whole stream: the context carries across phrases). Rows:
 - jitter: the mean |change of prediction| over steps without text after the first phrase, and
   the sign flips those steps cause per 10 minutes of stream;
 - references on the same replay: the packaged model (when another checkpoint is measured), a
-  ridge regression on the latest phrase (the floor), and the training mean.
+  ridge regression on the latest phrase (the floor), and the training mean;
+- below the table, how the measured model's prediction holds: its range before the first phrase,
+  and its mean drift from the value right after a phrase, 5-10, 10-20 and 20-40 s after it.
 """
 
 from __future__ import annotations
@@ -96,6 +98,29 @@ def live_metrics(streams: list[Stream], predictions: list[np.ndarray]) -> dict[s
             "jitter": float(np.concatenate(moves).mean()), "flips_per_10min": 10 * flips / minutes}
 
 
+DRIFT_BINS_S = ((5, 10), (10, 20), (20, 40))
+
+
+def holding(streams: list[Stream], predictions: list[np.ndarray]) -> dict[str, float]:
+    """How a prediction holds: before the first phrase (its range over the streams), and its mean drift
+    from the value right after the latest phrase, by seconds since that phrase."""
+    before, drift = [], {bin_: [] for bin_ in DRIFT_BINS_S}
+    for stream, values in zip(streams, predictions):
+        phrase = np.array([s.phrase for s in stream.steps])
+        before += list(values[phrase < 0])
+        said = {}  # phrase -> (when, the prediction right after it)
+        for step, value in zip(stream.steps, values):
+            if step.modality == TEXT:
+                said[step.phrase] = (step.at, value)
+            elif step.phrase >= 0:
+                at, after = said[step.phrase]
+                for low, high in DRIFT_BINS_S:
+                    if low <= step.at - at < high:
+                        drift[(low, high)].append(abs(value - after))
+    numbers = {"before_first_min": float(np.min(before)), "before_first_max": float(np.max(before))}
+    return numbers | {f"drift_{low}_{high}s": float(np.mean(d)) for (low, high), d in drift.items() if d}
+
+
 def latest_phrase(streams: list[Stream], phrase_values: list[np.ndarray], before: float) -> list[np.ndarray]:
     """Per-step predictions of a model that reads only the latest phrase (`before` until the first)."""
     out = []
@@ -151,9 +176,14 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.checkpoint} live on {args.store} [{args.split}]: {len(streams)} videos, {minutes:.0f} min, "
           f"{phrases} phrases, {windows} audio/video steps of {args.window_s:g} s from {args.media}\n")
     print(markdown(rows, f"{args.split} split, live ({len(streams)} videos)"))
+    held = holding(streams, replay(load_model(args.checkpoint)[0], streams))
+    print(f"\nGRF {args.checkpoint.name} before the first phrase: {held['before_first_min']:+.2f} to "
+          f"{held['before_first_max']:+.2f}; drift from the value right after a phrase, by seconds since it: "
+          + ", ".join(f"{low}-{high} s {held[f'drift_{low}_{high}s']:.2f}" for low, high in DRIFT_BINS_S
+                      if f"drift_{low}_{high}s" in held))
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "videos": len(streams), "minutes": minutes, "phrases": phrases,
-                                         "window_steps": windows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"rows": rows, "holding": held, "videos": len(streams), "minutes": minutes,
+                                         "phrases": phrases, "window_steps": windows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":
