@@ -28,6 +28,7 @@ import random
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -54,6 +55,8 @@ def start_server() -> tuple[subprocess.Popen, str]:
     while "grf-stream serving" not in (line := process.stdout.readline()):
         if process.poll() is not None or not line:
             raise SystemExit("server did not start")
+    # Read on, or a full pipe would block the server's next log line (and the server with it).
+    threading.Thread(target=process.stdout.read, daemon=True).start()
     return process, f"tcp://127.0.0.1:{port}"
 
 
