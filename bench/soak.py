@@ -30,6 +30,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
 
 import msgpack
@@ -56,7 +57,7 @@ def start_server() -> tuple[subprocess.Popen, str]:
         if process.poll() is not None or not line:
             raise SystemExit("server did not start")
     # Read on, or a full pipe would block the server's next log line (and the server with it).
-    threading.Thread(target=process.stdout.read, daemon=True).start()
+    threading.Thread(target=deque, args=(process.stdout, 0), daemon=True).start()
     return process, f"tcp://127.0.0.1:{port}"
 
 
