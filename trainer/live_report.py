@@ -165,10 +165,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     streams = live_streams(args.store, args.split, args.media, args.window_s)
-    models = {f"GRF {args.checkpoint.name}": args.checkpoint}
+    measured = f"GRF {args.checkpoint.name}"
+    models = {measured: args.checkpoint}
     if args.checkpoint.resolve() != SHIPPED.resolve():
         models["GRF packaged default.pt"] = SHIPPED
-    rows = {name: live_metrics(streams, replay(load_model(path)[0], streams)) for name, path in models.items()}
+    predictions = {name: replay(load_model(path)[0], streams) for name, path in models.items()}
+    rows = {name: live_metrics(streams, values) for name, values in predictions.items()}
     rows.update(reference_rows(streams, args.store, args.split))
     phrases = sum(len(s.labels) for s in streams)
     windows = sum(len(s.steps) for s in streams) - phrases
@@ -176,8 +178,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{args.checkpoint} live on {args.store} [{args.split}]: {len(streams)} videos, {minutes:.0f} min, "
           f"{phrases} phrases, {windows} audio/video steps of {args.window_s:g} s from {args.media}\n")
     print(markdown(rows, f"{args.split} split, live ({len(streams)} videos)"))
-    held = holding(streams, replay(load_model(args.checkpoint)[0], streams))
-    print(f"\nGRF {args.checkpoint.name} before the first phrase: {held['before_first_min']:+.2f} to "
+    held = holding(streams, predictions[measured])
+    print(f"\n{measured} before the first phrase: {held['before_first_min']:+.2f} to "
           f"{held['before_first_max']:+.2f}; drift from the value right after a phrase, by seconds since it: "
           + ", ".join(f"{low}-{high} s {held[f'drift_{low}_{high}s']:.2f}" for low, high in DRIFT_BINS_S
                       if f"drift_{low}_{high}s" in held))

@@ -30,10 +30,14 @@ class RawModality:
     message: type  # the message class that carries its chunks
     chunk: Callable[[Any], Any]  # message -> what its extractor takes
     keep: str  # "newest": one chunk waits, a newer one replaces it; "queue": max_audio_chunks wait; "all"
-    timed: bool  # rows at a rate (windows of window_s, flushed at segment end); else one step per final phrase
     bad_chunk: str  # the error code of a chunk its extractor cannot read
     help: str  # what to send instead
     seconds: Callable[[Any], float] | None = None  # message -> seconds of media it holds (None: not timed)
+
+    @property
+    def timed(self) -> bool:
+        """Rows at a rate (windows of window_s, flushed at segment end); else one step per final phrase."""
+        return self.seconds is not None
 
     def waiting(self, queue: int) -> int | None:
         """How many of its chunks may wait for a session's worker (None: all); `queue` for a queue."""
@@ -42,16 +46,16 @@ class RawModality:
 
 def signal_modality(name: str, help: str) -> RawModality:
     """The row of a sampled sensor sent as `signal` messages: its chunks queue as audio's do."""
-    return RawModality(name, p.Signal, lambda m: SignalChunk(m.values, m.rate), "queue", True, p.BAD_FIELD, help,
+    return RawModality(name, p.Signal, lambda m: SignalChunk(m.values, m.rate), "queue", p.BAD_FIELD, help,
                        lambda m: len(m.values) / m.rate)
 
 
 RAW_MODALITIES = [
-    RawModality("video", p.Video, lambda m: m.jpeg if m.jpeg is not None else m.frame, "newest", True, p.BAD_JPEG,
+    RawModality("video", p.Video, lambda m: m.jpeg if m.jpeg is not None else m.frame, "newest", p.BAD_JPEG,
                 "JPEG bytes or a raw uint8 frame (H, W, 3) in BGR order", lambda m: 1 / FRAME_RATE),
-    RawModality("audio", p.Audio, lambda m: AudioChunk(m.pcm, m.sample_rate), "queue", True, p.BAD_FIELD,
+    RawModality("audio", p.Audio, lambda m: AudioChunk(m.pcm, m.sample_rate), "queue", p.BAD_FIELD,
                 "PCM16 mono little-endian samples with their sample rate", lambda m: len(m.pcm) / m.sample_rate),
-    RawModality("text", p.Text, lambda m: m.text, "all", False, p.BAD_FIELD, "non-empty UTF-8 text"),
+    RawModality("text", p.Text, lambda m: m.text, "all", p.BAD_FIELD, "non-empty UTF-8 text"),
 ]
 BY_MESSAGE = {raw.message: raw for raw in RAW_MODALITIES}  # the built-in modalities' own messages
 BY_NAME = {raw.name: raw for raw in RAW_MODALITIES}

@@ -110,7 +110,7 @@ class Session:
 
     def within_budget(self, raw: RawModality, message: p.Message, now: float, speed: float, burst_s: float) -> bool:
         """Whether a chunk's seconds of media fit the session's budget for its modality (and take them)."""
-        if raw.seconds is None:  # not timed (text): bounded by the waiting messages instead
+        if not raw.timed:  # text: bounded by the waiting messages instead
             return True
         budget = self.budgets.setdefault(raw.name, MediaBudget(speed, burst_s, burst_s, now))
         return budget.take(raw.seconds(message), now)
