@@ -1,9 +1,11 @@
 """Fusion on Ray: `FusionService` as restartable actors, and the front-end's backend over them.
 
-The actor holds the sessions' contexts. When it dies, Ray restarts it empty; once it is back the
-backend says so (ShardLost), and the front-end (serving/engine.py, SeededFusion) seeds every session
-of that shard from its copies and retries the call that was in flight, so the sessions go on with
-the same context.
+The actor holds the sessions' contexts. When it dies, the backend says so (ShardLost), and the
+front-end (serving/engine.py, SeededFusion) seeds every session of that shard from its copies and
+retries the call that was in flight, so the sessions go on with the same context. What takes the
+dead actor's place: a warm standby actor, at once, where the server started one (Ray restarts the
+dead one, which becomes the next standby); otherwise the dead actor itself, once Ray has restarted
+it (a new process loads torch and the model: seconds, more on a busy node).
 
 Ray is the control plane: it places the actors, restarts them, and tells the front-end where each
 one's data plane is. The calls that carry the steps travel over that data plane, a ZeroMQ channel
@@ -34,6 +36,7 @@ from grf_stream.serving.channel import Channel, ChannelLost, ChannelServer
 from grf_stream.serving.engine import FusionService, FusionState, ShardLost, StepRequest, StepResult
 
 ACTOR_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
+STANDBY_ANSWERS_S = 1.0  # a standby that does not answer within this is not taking over
 DATA_PLANES = ("zmq", "ray")
 
 
@@ -72,15 +75,18 @@ def data_plane_host(frontend_node: str) -> str:
     return "127.0.0.1" if node == frontend_node else node
 
 
-def start_fusion_actors(checkpoint: str | Path | None, shards: int, use_gpu: bool, frontend_node: str | None) -> list:
-    """`shards` actors, restarted by Ray whenever they die (on another node when theirs is lost),
+# Half a CPU each: a 2-core machine must fit fusion and the extractor pools together.
+ACTOR_CPUS = 0.5
+
+
+def start_fusion_actors(checkpoint: str | Path | None, count: int, use_gpu: bool, frontend_node: str | None) -> list:
+    """`count` actors, restarted by Ray whenever they die (on another node when theirs is lost),
     spread over the cluster's nodes; on a GPU each when asked."""
-    # Half a CPU each: a 2-core machine must fit fusion and the extractor pools together.
-    options = {"max_restarts": -1, "max_task_retries": 0, "num_cpus": 0.5, "num_gpus": 1 if use_gpu else 0,
+    options = {"max_restarts": -1, "max_task_retries": 0, "num_cpus": ACTOR_CPUS, "num_gpus": 1 if use_gpu else 0,
                "scheduling_strategy": "SPREAD"}
     path = str(Path(checkpoint).resolve()) if checkpoint is not None else None  # actors may start elsewhere
     device = "cuda" if use_gpu else "cpu"
-    return [FusionActor.options(**options).remote(path, device, frontend_node) for _ in range(shards)]
+    return [FusionActor.options(**options).remote(path, device, frontend_node) for _ in range(count)]
 
 
 class RayFusion:
@@ -90,15 +96,28 @@ class RayFusion:
                  restart_timeout_s: float = 60):
         if data_plane not in DATA_PLANES:
             raise ValueError(f"data_plane={data_plane!r}: choose one of {', '.join(DATA_PLANES)}")
-        frontend_node = ray.util.get_node_ip_address() if data_plane == "zmq" else None
-        self.actors = start_fusion_actors(checkpoint, shards, use_gpu, frontend_node)
+        self.frontend_node = ray.util.get_node_ip_address() if data_plane == "zmq" else None
+        self.checkpoint, self.use_gpu = checkpoint, use_gpu
+        self.actors = start_fusion_actors(checkpoint, shards, use_gpu, self.frontend_node)
         self.shards, self.data_plane = shards, data_plane
         self.channels: list[Channel | None] = [None] * shards
         self.restart_timeout_s = restart_timeout_s
+        self.standby = None  # a warm actor that takes a lost one's place (start_standby)
+        self.standby_ready: asyncio.Task | None = None  # done once the standby is up and warm
 
     async def warm(self) -> None:
         """Wait until every actor is up and has run the model once (see FusionService.warm)."""
         await asyncio.gather(*(actor.warm.remote() for actor in self.actors))
+
+    def start_standby(self) -> bool:
+        """Start a standby actor if the cluster has room for one beside everything already placed
+        (call it once the shards and extractors are up); False if it has not."""
+        free = ray.available_resources()
+        if free.get("CPU", 0) < ACTOR_CPUS or (self.use_gpu and free.get("GPU", 0) < 1):
+            return False
+        self.standby = start_fusion_actors(self.checkpoint, 1, self.use_gpu, self.frontend_node)[0]
+        self.standby_ready = asyncio.ensure_future(_until_warm(self.standby))
+        return True
 
     async def open(self, shard: int, session: str, state: FusionState | None) -> None:
         await self._call(shard, "open", session, state)
@@ -114,6 +133,8 @@ class RayFusion:
 
     def shutdown(self) -> None:
         """The server is stopping: close the data-plane channels (the actors go with Ray)."""
+        if self.standby_ready is not None:
+            self.standby_ready.cancel()
         for shard in range(self.shards):
             self._close_channel(shard)
 
@@ -122,8 +143,29 @@ class RayFusion:
         try:
             return await self._send(shard, method, *args)
         except (*ACTOR_LOST, ChannelLost):  # died mid-call, or restarted at another address
+            await self._replace(shard)
+            raise ShardLost(f"fusion actor {shard} was replaced by one without its sessions") from None
+
+    async def _replace(self, shard: int) -> None:
+        """The standby takes the lost actor's place if it is ready, and the lost one, which Ray
+        restarts, becomes the next standby; without one ready, wait until Ray has the lost one back."""
+        self._close_channel(shard)
+        if not await self._standby_is_up():
             await self._wait_for_restart(shard)
-            raise ShardLost(f"fusion actor {shard} was restarted without its sessions") from None
+            return
+        self.actors[shard], self.standby = self.standby, self.actors[shard]
+        self.standby_ready = asyncio.ensure_future(_until_warm(self.standby))
+
+    async def _standby_is_up(self) -> bool:
+        """A standby is ready, and still answers (it may have been lost with its node since)."""
+        ready = self.standby_ready
+        if ready is None or not ready.done() or ready.cancelled() or ready.exception() is not None:
+            return False
+        try:
+            await asyncio.wait_for(self.standby.data_plane.remote(), STANDBY_ANSWERS_S)
+            return True
+        except (*ACTOR_LOST, asyncio.TimeoutError):
+            return False
 
     async def _send(self, shard: int, method: str, *args):
         if self.data_plane == "ray":
@@ -159,3 +201,12 @@ class RayFusion:
                     raise
                 await asyncio.sleep(0.1)
         self._close_channel(shard)  # the restarted actor listens elsewhere
+
+
+async def _until_warm(actor) -> None:
+    """Wait until an actor is up (Ray may be restarting it) and has run the model once."""
+    while True:
+        try:
+            return await actor.warm.remote()
+        except ACTOR_LOST:
+            await asyncio.sleep(0.1)

@@ -50,6 +50,10 @@ class ServeConfig:
     """Extractor actors per raw modality (text, audio, video)."""
     use_gpu: bool = False
     """Run each fusion actor on a GPU (set automatically when the cluster has one)."""
+    standby_actor: bool = True
+    """Keep one more fusion actor warm, where the cluster has room for it (0.5 CPU, or a GPU): it
+    takes a lost actor's place at once, its sessions re-seeded; without it, the lost actor's sessions
+    wait while Ray restarts it (seconds)."""
     data_plane: str = "zmq"
     """How steps reach the fusion actors: "zmq", a ZeroMQ channel per actor (a fraction of a Ray
     call), or "ray", plain Ray actor calls. Ray places and restarts the actors either way."""
@@ -201,6 +205,8 @@ async def serve(config: ServeConfig) -> None:
     extractors = RayExtractors(start_extractor_pools(raw, config.extractors_per_modality)) if raw else None
     if config.warm:  # serving only once every actor is up and warm: a first chunk waits for nothing else
         await asyncio.gather(fusion.warm(), *([extractors.warm()] if extractors else []))
+    # Last, once everything else is placed (warm): the standby must never take a place an extractor needs.
+    standby = config.standby_actor and config.warm and fusion.start_standby()
     rates = {m: spec.modalities[m].rate for m in raw}
     frontend = FrontEnd(model.config.modalities, rates, fusion, extractors, frontend_config(config),
                         feature_spec=spec.to_dict()["modalities"])
@@ -210,7 +216,8 @@ async def serve(config: ServeConfig) -> None:
     socket.setsockopt(zmq.MAXMSGSIZE, config.transport_max_bytes)
     socket.bind(f"tcp://{config.host}:{config.port}")
     print(f"grf-stream serving {label} on tcp://{config.host}:{config.port} "
-          f"({config.fusion_actors} fusion actor(s), {'GPU' if config.use_gpu else 'CPU'}); modalities "
+          f"({config.fusion_actors} fusion actor(s){' and a standby' if standby else ''}, "
+          f"{'GPU' if config.use_gpu else 'CPU'}); modalities "
           f"{dict(model.config.modalities)}; ready in {time.monotonic() - started:.1f} s", flush=True)
     try:
         await Server(frontend, socket, config).run()

@@ -8,8 +8,13 @@ session's pace against about a tenth of one for a ZeroMQ round trip on the same 
 - `ChannelServer`: beside a FusionService (in its actor's process), a ROUTER socket on a thread of
   its own answers one call at a time: open, step, end_segment, close.
 - `Channel`: the front-end's DEALER socket to one service; calls may overlap, each reply is matched
-  to its call by id. While a reply is late, `call` asks the caller whether the service is still
-  there (`still_there`), so a service that died is noticed in about a second, not never.
+  to its call by id. A service whose process died closes its connection: the channel sees that
+  within milliseconds (a socket monitor) and fails every call, pending or new, with ChannelLost.
+  A service gone without closing it (its node cut off) is noticed while a reply is late: `call`
+  asks the caller whether the service is still there (`still_there`), every second.
+- A call names the service incarnation it is for (the address ends in `#incarnation`): a restarted
+  service that got its predecessor's port refuses it ("elsewhere": ChannelLost) instead of running
+  it on state that is not the caller's.
 - Calls and replies are msgpack with a fixed schema per type (arrays as dtype, shape and bytes):
   decoding builds only these dataclasses, never arbitrary objects, so a stray peer cannot run code.
 """
@@ -18,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import secrets
 import threading
 from typing import Any, Awaitable, Callable
 
@@ -92,19 +98,22 @@ CALLS: dict[str, tuple[Callable, Callable, Callable, Callable]] = {
 }
 
 
-def encode_call(call_id: int, method: str, args: tuple) -> bytes:
-    return msgpack.packb([call_id, method, CALLS[method][0](*args)], use_bin_type=True)
+def encode_call(call_id: int, method: str, args: tuple, service: str = "") -> bytes:
+    """`service`: the incarnation the call is for (see ChannelServer); another one does not run it."""
+    return msgpack.packb([call_id, service, method, CALLS[method][0](*args)], use_bin_type=True)
 
 
-def decode_call(data: bytes) -> tuple[int, str, tuple]:
-    call_id, method, args = msgpack.unpackb(data, raw=False)
+def decode_call(data: bytes) -> tuple[int, str, str, tuple]:
+    """(call id, the incarnation it is for, method, arguments)."""
+    call_id, service, method, args = msgpack.unpackb(data, raw=False)
     if method not in CALLS:
         raise ValueError(f"{method!r} is not a data-plane call ({', '.join(CALLS)})")
-    return call_id, method, CALLS[method][1](args)
+    return call_id, service, method, CALLS[method][1](args)
 
 
 def encode_reply(call_id: int, method: str | None, outcome: str, value: Any) -> bytes:
-    """outcome "ok" with the method's result, or "unknown_session" / "failed" with a message."""
+    """outcome "ok" with the method's result, or "unknown_session" / "failed" / "elsewhere" (the call
+    was for another incarnation) with a message."""
     body = CALLS[method][2](value) if outcome == "ok" else value
     return msgpack.packb([call_id, method, outcome, body], use_bin_type=True)
 
@@ -114,7 +123,8 @@ def decode_reply(data: bytes) -> tuple[int, Any]:
     call_id, method, outcome, body = msgpack.unpackb(data, raw=False)
     if outcome == "ok":
         return call_id, CALLS[method][3](body)
-    return call_id, (UnknownSession(body) if outcome == "unknown_session" else ChannelFailure(body))
+    failures = {"unknown_session": UnknownSession, "elsewhere": ChannelLost}
+    return call_id, failures.get(outcome, ChannelFailure)(body)
 
 
 # -- the two ends ------------------------------------------------------------------------------------
@@ -131,7 +141,10 @@ class ChannelServer:
         self.service = service
         self.socket = zmq.Context.instance().socket(zmq.ROUTER)
         self.socket.linger = 0
-        self.address = f"tcp://{host}:{self.socket.bind_to_random_port(f'tcp://{host}')}"
+        # The OS often gives a restarted actor the port its predecessor had: an incarnation in the
+        # address lets a call meant for the predecessor be refused rather than run on the wrong state.
+        self.incarnation = secrets.token_hex(8)
+        self.address = f"tcp://{host}:{self.socket.bind_to_random_port(f'tcp://{host}')}#{self.incarnation}"
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._serve, name="fusion-data-plane", daemon=True)
         self.thread.start()
@@ -149,9 +162,11 @@ class ChannelServer:
 
     def answer(self, data: bytes) -> bytes:
         try:
-            call_id, method, args = decode_call(data)
+            call_id, service, method, args = decode_call(data)
         except Exception as error:  # not ours: say so rather than leave the caller waiting
             return encode_reply(-1, None, "failed", f"not a data-plane call: {error}")
+        if service != self.incarnation:
+            return encode_reply(call_id, method, "elsewhere", f"this is not the fusion service {service} (it is gone)")
         try:
             return encode_reply(call_id, method, "ok", getattr(self.service, method)(*args))
         except UnknownSession as error:
@@ -168,20 +183,26 @@ class Channel:
     """The front-end's end: calls to one ChannelServer, any number in flight, replies matched by id."""
 
     def __init__(self, address: str, context: zmq.asyncio.Context):
-        self.address = address
+        self.address = address  # endpoint#incarnation, as ChannelServer.address
+        endpoint, _, self.incarnation = address.partition("#")
         self.socket = context.socket(zmq.DEALER)
         self.socket.linger = 0
-        self.socket.connect(address)
+        self.socket.connect(endpoint)
         self.pending: dict[int, asyncio.Future] = {}
         self.ids = itertools.count()
-        self.receiver = asyncio.get_running_loop().create_task(self._receive())
+        self.lost: str | None = None  # why, once the service's connection closed
+        self.monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
+        loop = asyncio.get_running_loop()
+        self.receiver, self.watcher = loop.create_task(self._receive()), loop.create_task(self._watch())
 
     async def call(self, method: str, args: tuple, still_there: Callable[[], Awaitable[bool]]):
         """The call's result, or the exception it raised there; ChannelLost once the service is gone."""
+        if self.lost is not None:
+            raise ChannelLost(self.lost)
         call_id = next(self.ids)
         reply = self.pending[call_id] = asyncio.get_running_loop().create_future()
         try:
-            await self.socket.send(encode_call(call_id, method, args))
+            await self.socket.send(encode_call(call_id, method, args, self.incarnation))
             while True:
                 try:
                     return await asyncio.wait_for(asyncio.shield(reply), LIVENESS_S)
@@ -202,9 +223,21 @@ class Channel:
             else:
                 reply.set_result(outcome)
 
-    def close(self) -> None:
-        self.receiver.cancel()
+    async def _watch(self) -> None:
+        # A restarted service listens at another address: a connection that closed stays lost.
+        await self.monitor.recv_multipart()  # the one event it watches: EVENT_DISCONNECTED
+        self._fail_all(f"the fusion service at {self.address} closed its connection (it died)")
+
+    def _fail_all(self, why: str) -> None:
+        self.lost = why
         for reply in self.pending.values():
             if not reply.done():
-                reply.set_exception(ChannelLost(f"the channel to {self.address} was closed"))
+                reply.set_exception(ChannelLost(why))
+
+    def close(self) -> None:
+        self.receiver.cancel()
+        self.watcher.cancel()
+        self._fail_all(f"the channel to {self.address} was closed")
+        self.socket.disable_monitor()
+        self.monitor.close()
         self.socket.close()

@@ -9,7 +9,7 @@ import torch
 from torch.testing import assert_close
 
 from actors.extractors import RayExtractors, start_extractor_pools
-from actors.fusion import RayFusion
+from actors.fusion import ACTOR_LOST, RayFusion
 from grf_stream.checkpoint import save_checkpoint
 from grf_stream.model import GRF, GRFConfig
 from grf_stream.serving import protocol as p
@@ -76,6 +76,57 @@ def test_killing_the_fusion_actor_mid_stream_keeps_every_context(restarted_befor
         served = torch.tensor([r.value for r in got if isinstance(r, p.Prediction) and r.session == s])
         expected = model({m: torch.from_numpy(x)[None] for m, x in xs.items()}, order=ORDER)
         assert_close(served, expected.step_predictions[0])
+
+
+def test_a_warm_standby_takes_a_killed_actors_place_twice(tmp_path):
+    """Killed before step 2 and again before step 3: each time the standby takes over (the actor
+    serving the shard is the former standby; the killed one, restarted by Ray, is the next standby)
+    and every context goes on as if nothing had happened."""
+    model, checkpoint = small_model(tmp_path)
+    rng = np.random.default_rng(1)
+    data = {f"s{i}": {m: rng.standard_normal((2 + i, d)).astype(np.float32) for m, d in SIZES.items()} for i in range(3)}
+
+    async def scenario():
+        front = frontend(checkpoint)
+        backend = front.fusion.backend
+        assert backend.start_standby()
+        await backend.standby_ready
+        runner = asyncio.create_task(front.batcher.run_shard(0))
+        await send(front, [p.Hello(s, 0, 0.0, ORDER, "window") for s in data], 0)
+        got, swaps = [], []
+        for k, m in enumerate(ORDER):
+            if k:
+                await backend.standby_ready  # the killed actor back, warm, as the next standby
+                serving, standby = backend.actors[0], backend.standby
+                address = await serving.data_plane.remote()
+                ray.kill(serving, no_restart=False)
+                await until_restarted(serving, address)  # dead for sure before the next step (the kill is async)
+            got += await send(front, [p.Features(s, k + 1, 0.0, m, xs[m], None) for s, xs in data.items()], len(data))
+            if k:
+                swaps.append((backend.actors[0]._actor_id == standby._actor_id,
+                              backend.standby._actor_id == serving._actor_id))
+        runner.cancel()
+        backend.shutdown()
+        return got, swaps
+
+    got, swaps = asyncio.run(scenario())
+    assert swaps == [(True, True), (True, True)]
+    assert not [r for r in got if isinstance(r, p.Error)]
+    for s, xs in data.items():
+        served = torch.tensor([r.value for r in got if isinstance(r, p.Prediction) and r.session == s])
+        expected = model({m: torch.from_numpy(x)[None] for m, x in xs.items()}, order=ORDER)
+        assert_close(served, expected.step_predictions[0])
+
+
+async def until_restarted(actor, address: str) -> None:
+    """Until the actor answers as another incarnation than the one at `address`."""
+    while True:
+        try:
+            if await actor.data_plane.remote() != address:
+                return
+        except ACTOR_LOST:  # the call met the restart
+            pass
+        await asyncio.sleep(0.1)
 
 
 def test_killing_an_extractor_actor_loses_no_session(tmp_path):

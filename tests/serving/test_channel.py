@@ -1,6 +1,9 @@
 """The fusion data plane (grf_stream/serving/channel.py) on real ZeroMQ sockets, without Ray."""
 
 import asyncio
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -58,8 +61,8 @@ def test_calls_and_replies_survive_the_wire_exactly():
     step = requests(rng, ["a", "b"], "audio", 7)
     for method, args in [("open", ("a", state)), ("open", ("a", None)), ("step", (step,)),
                          ("end_segment", ("a", True)), ("close", ("a",))]:
-        call_id, decoded_method, decoded = c.decode_call(c.encode_call(3, method, args))
-        assert (call_id, decoded_method) == (3, method)
+        call_id, service, decoded_method, decoded = c.decode_call(c.encode_call(3, method, args, "f00d"))
+        assert (call_id, service, decoded_method) == (3, "f00d", method)
         for got, sent in zip(decoded, args):
             assert repr(got) == repr(sent)  # arrays included (their repr shows every value here)
 
@@ -93,8 +96,8 @@ def test_a_failing_call_raises_at_the_caller_and_leaves_the_service_as_it_was(se
 def test_bytes_that_are_not_a_call_are_answered_not_left_waiting(server):
     with zmq.Context() as context, context.socket(zmq.DEALER) as sock:
         sock.linger = 0
-        sock.connect(server.address)
-        sock.send(b"\x93\x01\xa4nope\x90")  # msgpack, but no such call
+        sock.connect(server.address.partition("#")[0])
+        sock.send(b"\x94\x01\xa0\xa4nope\x90")  # msgpack, but no such call
         assert sock.poll(5000)
         call_id, outcome = c.decode_reply(sock.recv())
     assert isinstance(outcome, c.ChannelFailure) and "not a data-plane call" in str(outcome)
@@ -121,6 +124,65 @@ def test_a_service_that_is_gone_is_noticed_by_asking_whether_it_is_still_there(m
 
     with pytest.raises(c.ChannelLost):
         asyncio.run(run())
+
+
+SERVICE_IN_A_PROCESS = f"""
+import time, torch
+from grf_stream.model import GRF, GRFConfig
+from grf_stream.serving.channel import ChannelServer
+from grf_stream.serving.engine import FusionService
+service = FusionService(GRF(GRFConfig(modalities={SIZES}, d_model=32, num_layers=1, num_heads=2, d_ffn=64)).eval())
+step = service.step
+service.step = lambda requests: (time.sleep(0.5), step(requests))[1]  # still running when it is killed
+print(ChannelServer(service).address, flush=True)
+time.sleep(120)
+"""
+
+
+def test_a_service_whose_process_dies_fails_every_call_at_once(monkeypatch):
+    """A killed service's process closes its connection: the call in flight and every later one fail
+    with ChannelLost within milliseconds, without a liveness period or a question to the control plane."""
+    monkeypatch.setattr(c, "LIVENESS_S", 0.2)
+    process = subprocess.Popen([sys.executable, "-c", SERVICE_IN_A_PROCESS], stdout=subprocess.PIPE, text=True)
+    address = process.stdout.readline().strip()
+
+    async def run():
+        channel = c.Channel(address, zmq.asyncio.Context.instance())
+        asked = []
+
+        async def still_there():
+            asked.append(True)
+            return len(asked) < 3  # a control plane that learns of the death later
+
+        await channel.call("open", ("a", None), still_there)
+        step = requests(np.random.default_rng(0), ["a"], "text", 0)
+        in_flight = asyncio.ensure_future(channel.call("step", (step,), still_there))
+        await asyncio.sleep(0.1)
+        process.kill()
+        killed = time.monotonic()
+        outcomes = await asyncio.gather(in_flight, channel.call("close", ("a",), still_there), return_exceptions=True)
+        waited = time.monotonic() - killed
+        channel.close()
+        return outcomes, asked, waited
+
+    try:
+        outcomes, asked, waited = asyncio.run(run())
+    finally:
+        process.kill()
+        process.wait()
+    assert all(isinstance(o, c.ChannelLost) and "closed its connection" in str(o) for o in outcomes), outcomes
+    assert asked == [] and waited < c.LIVENESS_S
+
+
+def test_a_call_for_another_incarnation_at_the_same_address_is_refused_not_run(server):
+    """A restarted service may get its predecessor's port: a call meant for the predecessor reaches it,
+    is refused (ChannelLost) and leaves its state alone."""
+    endpoint, _, _ = server.address.partition("#")
+    [outcome] = over_the_channel(f"{endpoint}#0123456789abcdef", [("open", ("a", None))])
+    assert isinstance(outcome, c.ChannelLost) and "is gone" in str(outcome)
+    assert server.service.sessions() == []
+    assert over_the_channel(server.address, [("open", ("a", None))]) == [None]
+    assert server.service.sessions() == ["a"]
 
 
 def test_arrays_of_other_dtypes_are_refused():
