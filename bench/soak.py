@@ -8,8 +8,9 @@ the well-behaved sessions, once with hostile clients beside them, each for `--mi
   machine would be, but on these same cores) and at full speed: fuzzed bytes and msgpack maps,
   9 MiB messages, JPEG bombs (a 629-byte header declaring 8000x8000), phrases of 2,000
   punctuation marks, and a flood of 4 s PCM chunks;
-- every minute the fusion actor's process is killed (`kill -9`); Ray restarts it and the server
-  re-seeds it.
+- every minute the serving fusion actor's process is killed (`kill -9`); the server's standby
+  takes its place, seeded from the front-end's copies, and Ray restarts the killed one as the next
+  standby.
 It reports, per minute, the well-behaved sessions' p50/p99, their errors and lost predictions
 (steps sent that never got one), and the memory (RSS) of the server and every process under it:
 the peak, and at the end of minute 1 against the end of the run.
@@ -84,14 +85,21 @@ def tree_rss_mb(root_pid: int) -> float:
 
 
 def kill_fusion_actor() -> bool:
+    """Kill -9 the fusion actor that serves: of the FusionActor processes, the one that has used the
+    most CPU (a standby only warmed up)."""
+    cpu_seconds = {}
     for entry in os.listdir("/proc"):
         try:
             if entry.isdigit() and open(f"/proc/{entry}/cmdline", "rb").read().startswith(b"ray::FusionActor"):
-                os.kill(int(entry), signal.SIGKILL)
-                return True
+                with open(f"/proc/{entry}/stat") as stat:
+                    utime, stime = stat.read().rsplit(")", 1)[1].split()[11:13]
+                cpu_seconds[int(entry)] = int(utime) + int(stime)
         except OSError:
             continue
-    return False
+    if not cpu_seconds:
+        return False
+    os.kill(max(cpu_seconds, key=cpu_seconds.get), signal.SIGKILL)
+    return True
 
 
 class Record:

@@ -12,6 +12,7 @@ same numbers as the session alone. After every step comes a prediction (9).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -262,6 +263,9 @@ class SeededFusion:
     def __init__(self, backend: FusionBackend):
         self.backend, self.shards = backend, backend.shards
         self.copies: list[dict[str, FusionState]] = [{} for _ in range(backend.shards)]
+        # One call at a time per shard (a service runs them one at a time anyway): a re-seed must not
+        # interleave with another call, or a session could be seeded from a copy its step just left behind.
+        self.turns = [asyncio.Lock() for _ in range(backend.shards)]
 
     async def open(self, shard: int, session: str, state: FusionState | None = None) -> None:
         await self._call(shard, "open", session, state)
@@ -287,11 +291,12 @@ class SeededFusion:
         return self.copies[shard].get(session)
 
     async def _call(self, shard: int, method: str, *args):
-        try:
-            return await getattr(self.backend, method)(shard, *args)
-        except (ShardLost, UnknownSession):
-            await self._reseed(shard)
-            return await getattr(self.backend, method)(shard, *args)
+        async with self.turns[shard]:
+            try:
+                return await getattr(self.backend, method)(shard, *args)
+            except (ShardLost, UnknownSession):
+                await self._reseed(shard)
+                return await getattr(self.backend, method)(shard, *args)
 
     async def _reseed(self, shard: int) -> None:
         for session, state in list(self.copies[shard].items()):

@@ -156,6 +156,57 @@ def test_a_shard_that_restarts_empty_is_seeded_from_the_copies_and_every_session
     assert seeded.copy(0, "a").segment == 1
 
 
+class LostInFlight(LocalFusion):
+    """One shard over a network: every call takes a moment, and the service restarts empty during the
+    `at`-th step call; every call in flight then fails with ShardLost, as calls to a lost actor do."""
+
+    def __init__(self, model, at: int):
+        super().__init__([FusionService(model)])
+        self.model, self.at, self.steps, self.restarts = model, at, 0, 0
+
+    async def _over_the_network(self, seconds: float, call, *args, restart: bool = False):
+        restarts = self.restarts
+        await asyncio.sleep(seconds / 2)
+        if restart:
+            self.services[0], self.restarts = FusionService(self.model), self.restarts + 1
+        await asyncio.sleep(seconds / 2)
+        if self.restarts != restarts:
+            raise ShardLost("restarted while this call was in flight")
+        return await call(*args)
+
+    async def open(self, shard, session, state):  # slower than a step: its re-seed lags behind the step's
+        return await self._over_the_network(0.025, super().open, shard, session, state)
+
+    async def step(self, shard, requests):
+        self.steps += 1
+        return await self._over_the_network(0.01, super().step, shard, requests, restart=self.steps == self.at)
+
+
+def test_a_session_opened_while_a_lost_shard_is_reseeded_leaves_every_context_in_step(model):
+    """A step and a new session's open both in flight when the shard is lost: both re-seed and retry;
+    neither may seed a session from a copy that the other's retried step has just left behind."""
+    rng = np.random.default_rng(6)
+    plan = [(s, m, window(rng, m, 3 + i)) for i in range(3) for s in ("a", "b") for m in ("text", "audio")]
+
+    async def run(fusion, open_c_at: int | None):
+        for session in ("a", "b"):
+            await fusion.open(0, session)
+        values = []
+        for i, (s, m, x) in enumerate(plan):
+            step = fusion.step(0, [request(s, i, m, x)])
+            if i == open_c_at:  # a hello arrives while this step is in flight
+                [result], _ = await asyncio.gather(step, fusion.open(0, "c"))
+            else:
+                [result] = await step
+            values.append(result.value)
+        return values
+
+    steady = asyncio.run(run(SeededFusion(LocalFusion([FusionService(model)])), None))
+    lost = SeededFusion(LostInFlight(model, at=7))  # lost during b's step (plan[6]): b is re-seeded last
+    assert asyncio.run(run(lost, open_c_at=6)) == pytest.approx(steady, abs=1e-6)
+    assert sorted(lost.backend.services[0].states) == ["a", "b", "c"]
+
+
 def test_unknown_session_and_sequence_mode_are_refused(model):
     with pytest.raises(KeyError, match="not open"):
         FusionService(model).step([request("ghost", 0, "text", np.zeros((1, 12), np.float32))])
