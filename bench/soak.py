@@ -180,25 +180,29 @@ async def hostile(address: str, kind: str, until: float) -> None:
         await asyncio.sleep(0)  # full speed, yet let the event loop breathe
     drainer.cancel()
     sock.close()
+    print(f"{name}: {seq - 1} messages sent", flush=True)
 
 
 HOSTILE = ("fuzz", "oversized", "jpeg_bomb", "long_phrase", "audio_flood")
 
 
-def run_hostile(address: str, kind: str, seconds: float) -> None:
+def run_hostile(address: str, kind: str, seconds: float, niceness: int = 0) -> None:
     """One hostile client's process (its own event loop: its load never delays the measuring clients')."""
+    os.nice(niceness)
     asyncio.run(hostile(address, kind, time.perf_counter() + seconds))
 
 
-def start_hostile(address: str, kinds: tuple[str, ...], seconds: float) -> list[multiprocessing.Process]:
+def start_hostile(address: str, kinds: tuple[str, ...], seconds: float, niceness: int = 0) -> list[multiprocessing.Process]:
     spawn = multiprocessing.get_context("spawn")  # no fork of this process's ZeroMQ context
-    processes = [spawn.Process(target=run_hostile, args=(address, kind, seconds), daemon=True) for kind in kinds]
+    processes = [spawn.Process(target=run_hostile, args=(address, kind, seconds, niceness), daemon=True)
+                 for kind in kinds]
     for process in processes:
         process.start()
     return processes
 
 
-async def soak(address: str, sessions: int, seconds: float, kinds: tuple[str, ...], server_pid: int) -> dict:
+async def soak(address: str, sessions: int, seconds: float, kinds: tuple[str, ...], server_pid: int,
+               hostile_nice: int = 0) -> dict:
     record, memory, kills = Record(), [], []
     started = time.perf_counter()
     until = started + seconds
@@ -213,7 +217,7 @@ async def soak(address: str, sessions: int, seconds: float, kinds: tuple[str, ..
                 next_kill += 60
             await asyncio.sleep(1.0)
 
-    attackers = start_hostile(address, kinds, seconds)
+    attackers = start_hostile(address, kinds, seconds, hostile_nice)
     tasks = [well_behaved(address, f"good-{i}-{time.time_ns()}", until, record) for i in range(sessions)]
     await asyncio.gather(watch(), *tasks)
     for process in attackers:
@@ -287,6 +291,9 @@ def main() -> None:
     parser.add_argument("--hostile", nargs="+", choices=HOSTILE, default=list(HOSTILE), help="which hostile clients")
     parser.add_argument("--each", type=float, metavar="SECONDS",
                         help="instead: each hostile client alone beside the sessions, SECONDS each")
+    parser.add_argument("--hostile-nice", type=int, default=0,
+                        help="the hostile clients' niceness: 19 leaves them only the CPU the server does not use, "
+                             "as clients on other machines would (the server still pays for their traffic)")
     parser.add_argument("--write", type=Path)
     args = parser.parse_args()
     if args.each:
@@ -304,7 +311,8 @@ def main() -> None:
     for name, kinds in (("well-behaved only", ()), ("with hostile clients", tuple(args.hostile))):
         process, address = start_server()
         try:
-            results[name] = asyncio.run(soak(address, args.sessions, args.minutes * 60, kinds, process.pid))
+            results[name] = asyncio.run(soak(address, args.sessions, args.minutes * 60, kinds, process.pid,
+                                             args.hostile_nice))
         finally:
             process.send_signal(signal.SIGINT)
             process.wait(60)
