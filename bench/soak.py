@@ -192,7 +192,8 @@ def run_hostile(address: str, kind: str, seconds: float, niceness: int = 0) -> N
     asyncio.run(hostile(address, kind, time.perf_counter() + seconds))
 
 
-def start_hostile(address: str, kinds: tuple[str, ...], seconds: float, niceness: int = 0) -> list[multiprocessing.Process]:
+def start_hostile(address: str, kinds: tuple[str, ...], seconds: float,
+                  niceness: int = 0) -> list[multiprocessing.Process]:
     spawn = multiprocessing.get_context("spawn")  # no fork of this process's ZeroMQ context
     processes = [spawn.Process(target=run_hostile, args=(address, kind, seconds, niceness), daemon=True)
                  for kind in kinds]

@@ -98,7 +98,7 @@ CALLS: dict[str, tuple[Callable, Callable, Callable, Callable]] = {
 }
 
 
-def encode_call(call_id: int, method: str, args: tuple, service: str = "") -> bytes:
+def encode_call(call_id: int, method: str, args: tuple, service: str) -> bytes:
     """`service`: the incarnation the call is for (see ChannelServer); another one does not run it."""
     return msgpack.packb([call_id, service, method, CALLS[method][0](*args)], use_bin_type=True)
 

@@ -84,7 +84,8 @@ def test_a_warm_standby_takes_a_killed_actors_place_twice(tmp_path):
     and every context goes on as if nothing had happened."""
     model, checkpoint = small_model(tmp_path)
     rng = np.random.default_rng(1)
-    data = {f"s{i}": {m: rng.standard_normal((2 + i, d)).astype(np.float32) for m, d in SIZES.items()} for i in range(3)}
+    data = {f"s{i}": {m: rng.standard_normal((2 + i, d)).astype(np.float32) for m, d in SIZES.items()}
+            for i in range(3)}
 
     async def scenario():
         front = frontend(checkpoint)

@@ -186,7 +186,8 @@ def test_a_call_for_another_incarnation_at_the_same_address_is_refused_not_run(s
 
 
 def test_arrays_of_other_dtypes_are_refused():
-    call = c.encode_call(1, "step", ([StepRequest("a", 1, "text", np.zeros((1, 12), np.float32), np.ones(1, bool))],))
+    step = StepRequest("a", 1, "text", np.zeros((1, 12), np.float32), np.ones(1, bool))
+    call = c.encode_call(1, "step", ([step],), "f00d")
     tampered = call.replace(b"<f4", b"|O8")
     with pytest.raises(ValueError, match="dtype"):
         c.decode_call(tampered)
