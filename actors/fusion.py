@@ -26,6 +26,7 @@ import asyncio
 import os
 import sys
 from pathlib import Path
+from typing import Awaitable, Callable
 
 import ray
 import zmq.asyncio
@@ -115,9 +116,13 @@ class RayFusion:
         free = ray.available_resources()
         if free.get("CPU", 0) < ACTOR_CPUS or (self.use_gpu and free.get("GPU", 0) < 1):
             return False
-        self.standby = start_fusion_actors(self.checkpoint, 1, self.use_gpu, self.frontend_node)[0]
-        self.standby_ready = asyncio.ensure_future(_until_warm(self.standby))
+        self._make_standby(start_fusion_actors(self.checkpoint, 1, self.use_gpu, self.frontend_node)[0])
         return True
+
+    def _make_standby(self, actor) -> None:
+        """`actor` is the standby, ready once it is up (Ray may be restarting it) and has run the model."""
+        self.standby = actor
+        self.standby_ready = asyncio.ensure_future(_once_up(actor.warm.remote))
 
     async def open(self, shard: int, session: str, state: FusionState | None) -> None:
         await self._call(shard, "open", session, state)
@@ -139,7 +144,7 @@ class RayFusion:
             self._close_channel(shard)
 
     async def _call(self, shard: int, method: str, *args):
-        """Call the actor; if it was lost, wait until Ray has it back, then say that it lost its sessions."""
+        """Call the actor; if it was lost, replace it (_replace), then say that the shard lost its sessions."""
         try:
             return await self._send(shard, method, *args)
         except (*ACTOR_LOST, ChannelLost):  # died mid-call, or restarted at another address
@@ -148,13 +153,16 @@ class RayFusion:
 
     async def _replace(self, shard: int) -> None:
         """The standby takes the lost actor's place if it is ready, and the lost one, which Ray
-        restarts, becomes the next standby; without one ready, wait until Ray has the lost one back."""
+        restarts, becomes the next standby; without one ready, wait until Ray has the lost one back
+        (its data plane answers once it is up). Either listens elsewhere: the channel goes."""
         self._close_channel(shard)
+        lost = self.actors[shard]
         if not await self._standby_is_up():
-            await self._wait_for_restart(shard)
+            await _once_up(lost.data_plane.remote, self.restart_timeout_s)
+            self._close_channel(shard)  # one a call opened to the lost actor while it was restarting
             return
-        self.actors[shard], self.standby = self.standby, self.actors[shard]
-        self.standby_ready = asyncio.ensure_future(_until_warm(self.standby))
+        self.actors[shard] = self.standby
+        self._make_standby(lost)
 
     async def _standby_is_up(self) -> bool:
         """A standby is ready, and still answers (it may have been lost with its node since)."""
@@ -190,23 +198,16 @@ class RayFusion:
         """The actor is up at the channel's address (raises if Ray has lost it for good)."""
         return await self.actors[shard].data_plane.remote() == channel.address
 
-    async def _wait_for_restart(self, shard: int) -> None:
-        deadline = asyncio.get_running_loop().time() + self.restart_timeout_s
-        while True:
-            try:
-                await self.actors[shard].data_plane.remote()  # answers once the restarted actor is up
-                break
-            except ACTOR_LOST:
-                if asyncio.get_running_loop().time() > deadline:
-                    raise
-                await asyncio.sleep(0.1)
-        self._close_channel(shard)  # the restarted actor listens elsewhere
 
-
-async def _until_warm(actor) -> None:
-    """Wait until an actor is up (Ray may be restarting it) and has run the model once."""
+async def _once_up(call: Callable[[], Awaitable], timeout_s: float | None = None):
+    """An actor method's answer once the actor is up: Ray may be restarting it (the loss is raised
+    again past `timeout_s`; None: wait as long as it takes)."""
+    loop = asyncio.get_running_loop()
+    deadline = None if timeout_s is None else loop.time() + timeout_s
     while True:
         try:
-            return await actor.warm.remote()
+            return await call()
         except ACTOR_LOST:
+            if deadline is not None and loop.time() > deadline:
+                raise
             await asyncio.sleep(0.1)
