@@ -104,6 +104,9 @@ class RegimeConfig:
     phrase and held MAE on the validation videos (needs streams' data)."""
     stop_after: int = 0
     """End this invocation after this many epochs, resumable with --resume (time-boxed jobs); 0 = off."""
+    init_from: str = ""
+    """Start from the weights of this checkpoint (a run's best.pt, same model config) instead of a random
+    start, to fine-tune it; the optimizer, schedule and epochs start afresh. --resume takes precedence."""
 
     def __post_init__(self) -> None:
         if self.order not in ORDER_MODES:

@@ -179,6 +179,15 @@ def served(model: GRF, average: AveragedModel | None) -> GRF:
     return average.module if average is not None else model
 
 
+def starting_weights(config: TrainConfig) -> dict:
+    """The weights (feature statistics included) of train.init_from, for a fine-tuning run."""
+    payload = read_checkpoint(config.train.init_from)
+    if payload["model_config"] != to_dict(config.model):
+        raise ValueError(f"train.init_from={config.train.init_from} holds another model "
+                         f"({payload['model_config']}); fine-tune it with the same model: settings")
+    return payload["model_state"]
+
+
 def restore(path: str | None, model: GRF, optimizer, average: AveragedModel | None) -> Progress:
     if not path:
         return Progress()
@@ -217,6 +226,8 @@ def train_func(loop_config: dict) -> None:
     first_epoch = data.train(0)
     if config.model.feature_norm:
         set_feature_statistics(model, first_epoch)
+    if config.train.init_from:
+        model.load_state_dict(starting_weights(config))
     optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     average = weight_average(model, config.optim.ema)
     progress = restore(loop_config.get("resume_from"), model, optimizer, average)
@@ -339,6 +350,8 @@ def resolve_paths(config: TrainConfig) -> TrainConfig:
         config.data.path = str(Path(config.data.path).resolve())
     if config.data.distractors.media:
         config.data.distractors.media = str(Path(config.data.distractors.media).resolve())
+    if config.train.init_from:
+        config.train.init_from = str(Path(config.train.init_from).resolve())
     return config
 
 
@@ -382,6 +395,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     config = resolve_paths(load_config(TrainConfig, args.config, args.overrides))
     resume_from = checkpoint_to_resume(config, args.resume)
+    if config.train.init_from:
+        try:  # here, before Ray starts: a worker's error would come back buried in a traceback
+            starting_weights(config)
+        except (FileNotFoundError, ValueError) as error:
+            raise SystemExit(str(error)) from None
     if not ray.is_initialized():
         ray.init(address=args.address)
     fit(config, resume_from)

@@ -160,3 +160,18 @@ def test_live_streams_train_choose_by_the_live_replay_and_resume_exactly(tmp_pat
 def test_live_training_needs_a_timed_store_and_recordings(tmp_path):
     with pytest.raises(ValueError, match="need a timed feature store"):
         load_config(TrainConfig, TINY, ["train.streams.batches=1"])
+
+
+def test_a_run_fine_tunes_from_another_runs_weights_and_refuses_another_model(tmp_path):
+    parent = run(tmp_path, "parent")
+    best = parent / "checkpoints" / "best.pt"
+    fresh = metrics(run(tmp_path, "fresh", "train.epochs=1"))
+    tuned = metrics(run(tmp_path, "tuned", "train.epochs=1", "optim.warmup_epochs=0", "optim.lr=1e-5",
+                        f"train.init_from={best}"))
+    parent_mae = metrics(parent)["valid"]["mae"]
+    # One epoch at a tiny learning rate stays where the parent ended, far from a fresh start.
+    assert abs(tuned["valid"]["mae"] - parent_mae) < 0.25 * abs(fresh["valid"]["mae"] - parent_mae)
+    with pytest.raises(SystemExit, match="holds another model"):
+        run(tmp_path, "other", "model.d_model=16", f"train.init_from={best}")
+    with pytest.raises(SystemExit, match="does not exist"):
+        run(tmp_path, "missing", f"train.init_from={tmp_path}/nothing.pt")
