@@ -8,7 +8,7 @@ dead one, which becomes the next standby); otherwise the dead actor itself, once
 it (a new process loads torch and the model: seconds, more on a busy node).
 
 Ray is the control plane: it places the actors, restarts them, and tells the front-end where each
-one's data plane is. The calls that carry the steps travel over that data plane, a ZeroMQ channel
+one's data plane is. The calls that carry the steps travel over that data plane, a TCP channel
 (grf_stream/serving/channel.py) that costs a fraction of a Ray actor call; `data_plane="ray"` sends
 them as plain actor calls instead. A channel binds to 127.0.0.1 when its actor runs on the
 front-end's node, and to the node's address otherwise (reachable within the cluster, like Ray's
@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Awaitable, Callable
 
 import ray
-import zmq.asyncio
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from grf_stream.default_model import load_serving_model
@@ -38,7 +37,7 @@ from grf_stream.serving.engine import FusionService, FusionState, ShardLost, Ste
 
 ACTOR_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
 STANDBY_ANSWERS_S = 1.0  # a standby that does not answer within this is not taking over
-DATA_PLANES = ("zmq", "ray")
+DATA_PLANES = ("tcp", "ray")
 
 
 @ray.remote
@@ -93,11 +92,11 @@ def start_fusion_actors(checkpoint: str | Path | None, count: int, use_gpu: bool
 class RayFusion:
     """The front-end's fusion backend over Ray actors (see `grf_stream.serving.engine.FusionBackend`)."""
 
-    def __init__(self, checkpoint: str | Path | None, shards: int, use_gpu: bool, data_plane: str = "zmq",
+    def __init__(self, checkpoint: str | Path | None, shards: int, use_gpu: bool, data_plane: str = "tcp",
                  restart_timeout_s: float = 60):
         if data_plane not in DATA_PLANES:
             raise ValueError(f"data_plane={data_plane!r}: choose one of {', '.join(DATA_PLANES)}")
-        self.frontend_node = ray.util.get_node_ip_address() if data_plane == "zmq" else None
+        self.frontend_node = ray.util.get_node_ip_address() if data_plane == "tcp" else None
         self.checkpoint, self.use_gpu = checkpoint, use_gpu
         self.actors = start_fusion_actors(checkpoint, shards, use_gpu, self.frontend_node)
         self.shards, self.data_plane = shards, data_plane
@@ -184,9 +183,9 @@ class RayFusion:
     async def _connect(self, shard: int) -> Channel:
         address = await self.actors[shard].data_plane.remote()
         if self.channels[shard] is None or self.channels[shard].address != address:  # or another call did it
+            channel = await Channel.connect(address)
             self._close_channel(shard)
-            # The process-wide context: one that is garbage-collected with sockets open blocks forever.
-            self.channels[shard] = Channel(address, zmq.asyncio.Context.instance())
+            self.channels[shard] = channel
         return self.channels[shard]
 
     def _close_channel(self, shard: int) -> None:

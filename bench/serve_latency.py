@@ -3,13 +3,15 @@
 In one run: the model-only time of one fusion step (FusionService, no Ray, no sockets), back to back
 and at the sessions' pace of one step every 100 ms (on an otherwise idle machine a step that follows
 100 ms of sleep runs slower: cold caches and a CPU woken up); the hop that carries one step to a
-fusion actor and its result back, at the same pace, both ways the server can take it (a plain Ray
-actor call, and the ZeroMQ data plane of grf_stream/serving/channel.py, alternating, to the same
-actor); then the real server, batched (max_batch=64) over each data plane and unbatched
-(max_batch=1), with 1, 8, 32 and 128 concurrent sessions, each sending one `features` step every 100
-ms (1 s of audio, 1 s of video or a phrase of text, in turn), timed from sending a message to
-receiving its prediction (after a 1 s warm-up); then one long run at 32 sessions to see whether
-latency grows (p99 of the first and of the last 10 s).
+fusion actor and its result back, at the same pace, every way it can travel (a plain Ray actor
+call, the TCP data plane of grf_stream/serving/channel.py, and the same calls over ZeroMQ
+DEALER/ROUTER sockets, the transport it replaced; in turn, to the same actor); then the real server,
+batched (max_batch=64) over each data plane and unbatched (max_batch=1), with 1, 8, 32 and 128
+concurrent sessions, each sending one `features` step every 100 ms (1 s of audio, 1 s of video or a
+phrase of text, in turn), timed from sending a message to receiving its prediction (after a 1 s
+warm-up); the batched server's capacity: 128 sessions sending twice as fast, more than it can
+answer; then one long run at 32 sessions to see whether latency grows (p99 of the first and of the
+last 10 s).
 
     python bench/serve_latency.py [--seconds 10] [--long-seconds 60] [--write BENCHMARKS.md]
 """
@@ -23,17 +25,20 @@ import platform
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+import zmq
+import zmq.asyncio
 
 from report import command_line, cpu_name, write_section
 from grf_stream.default_model import load_serving_model
 from grf_stream.model import GRF
 from grf_stream.serving import protocol as p
-from grf_stream.serving.channel import Channel, ChannelServer
+from grf_stream.serving.channel import Channel, ChannelServer, decode_reply, encode_call
 from grf_stream.serving.engine import FusionService, StepRequest, StepResult
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -87,9 +92,19 @@ class Echo:
 
     def __init__(self):
         self.channel = ChannelServer(self)
+        self.router = zmq.Context.instance().socket(zmq.ROUTER)
+        self.router_address = f"tcp://127.0.0.1:{self.router.bind_to_random_port('tcp://127.0.0.1')}"
+        threading.Thread(target=self._answer_over_zmq, daemon=True).start()
 
-    def address(self) -> str:
-        return self.channel.address
+    def _answer_over_zmq(self) -> None:
+        """The same calls, answered the same way, over ZeroMQ (the bench alternates: never both at once)."""
+        while True:
+            if self.router.poll(100):
+                identity, call = self.router.recv_multipart()
+                self.router.send_multipart([identity, self.channel.answer(call)])
+
+    def addresses(self) -> tuple[str, str]:
+        return self.channel.address, self.router_address
 
     def step(self, requests: list[StepRequest]) -> list[StepResult]:
         return [StepResult(r.session, r.seq, 0, 1, r.modality, (r.modality,), 0.0, 0.0, np.zeros(64, np.float32))
@@ -97,10 +112,9 @@ class Echo:
 
 
 def hop_ms(repeats: int = 130, period: float = PERIOD_S) -> dict[str, dict[str, float]]:
-    """One step's request to an actor and its result back, at the sessions' pace, by Ray call and by
-    the data plane in turn, on a Ray of its own like the server's (half a CPU per actor)."""
+    """One step's request to an actor and its result back, at the sessions' pace, by Ray call, by the
+    data plane and by ZeroMQ in turn, on a Ray of its own like the server's (half a CPU per actor)."""
     import ray
-    import zmq.asyncio
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
@@ -111,10 +125,20 @@ def hop_ms(repeats: int = 130, period: float = PERIOD_S) -> dict[str, dict[str, 
 
     async def measure():
         echo = ray.remote(num_cpus=0.5)(Echo).remote()
-        channel = Channel(await echo.address.remote(), zmq.asyncio.Context.instance())
+        address, router_address = await echo.addresses.remote()
+        channel = await Channel.connect(address)
+        dealer = zmq.asyncio.Context.instance().socket(zmq.DEALER)
+        dealer.linger = 0
+        dealer.connect(router_address)
         modality, x = step_windows(SERVED_SIZES, np.random.default_rng(0))[0]
         request = [StepRequest("s", 0, modality, x, np.ones(len(x), bool))]
-        hops = {"ray": lambda: echo.step.remote(request), "zmq": lambda: channel.call("step", (request,), there)}
+
+        async def over_zmq():
+            await dealer.send(encode_call(0, "step", (request,), channel.incarnation))
+            return decode_reply(await dealer.recv())
+
+        hops = {"ray": lambda: echo.step.remote(request), "tcp": lambda: channel.call("step", (request,), there),
+                "zmq": over_zmq}
         times = {name: [] for name in hops}
         for _ in range(repeats):
             for name, hop in hops.items():
@@ -123,6 +147,7 @@ def hop_ms(repeats: int = 130, period: float = PERIOD_S) -> dict[str, dict[str, 
                 times[name].append((time.perf_counter() - started) * 1000)
                 await asyncio.sleep(period)
         channel.close()
+        dealer.close()
         return {name: percentiles(t[WARMUP_CALLS:]) for name, t in times.items()}
 
     try:
@@ -197,10 +222,10 @@ async def session_load(address: str, name: str, sizes, seconds: float, period: f
     sock.close()
 
 
-async def load(address: str, sessions: int, seconds: float, sizes) -> list[tuple[float, float]]:
+async def load(address: str, sessions: int, seconds: float, sizes, period: float = PERIOD_S) -> list[tuple[float, float]]:
     records: list[tuple[float, float]] = []
-    await asyncio.gather(*[session_load(address, f"bench-{sessions}-{i}-{time.time_ns()}", sizes, seconds, PERIOD_S, records)
-                           for i in range(sessions)])
+    await asyncio.gather(*[session_load(address, f"bench-{sessions}-{i}-{time.time_ns()}", sizes, seconds, period,
+                                        records) for i in range(sessions)])
     return records
 
 
@@ -220,7 +245,8 @@ def report(model_ms, paced_ms, hops, results, long_run, args) -> str:
         f"p99 {model_ms['p99']:.2f} ms; one step every {PERIOD_S * 1000:.0f} ms, as a session sends them, "
         f"p50 {paced_ms['p50']:.2f} ms, p99 {paced_ms['p99']:.2f} ms.",
         "The hop to a fusion actor and back carrying one step (an actor that answers at once), at the same "
-        f"pace: Ray actor call p50 {hops['ray']['p50']:.2f} ms, p99 {hops['ray']['p99']:.2f} ms; ZeroMQ data plane "
+        f"pace: Ray actor call p50 {hops['ray']['p50']:.2f} ms, p99 {hops['ray']['p99']:.2f} ms; the TCP data plane "
+        f"p50 {hops['tcp']['p50']:.2f} ms, p99 {hops['tcp']['p99']:.2f} ms; the same calls over ZeroMQ DEALER/ROUTER "
         f"p50 {hops['zmq']['p50']:.2f} ms, p99 {hops['zmq']['p99']:.2f} ms.",
         "Overhead = end to end minus the model-only step at the sessions' pace (p50 minus p50, p99 minus p99).",
         "",
@@ -228,9 +254,10 @@ def report(model_ms, paced_ms, hops, results, long_run, args) -> str:
         "overhead p99 ms |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for (sessions, mode, plane), r in results.items():
-        lines.append(f"| {sessions} | {mode} | {plane} | {sessions * 10} | {r['steps_per_s']:.0f} | {r['p50']:.1f} | "
-                     f"{r['p99']:.1f} | {r['p50'] - paced_ms['p50']:.1f} | {r['p99'] - paced_ms['p99']:.1f} |")
+    for (sessions, mode, plane, period), r in results.items():
+        lines.append(f"| {sessions} | {mode} | {plane} | {sessions / period:.0f} | {r['steps_per_s']:.0f} | "
+                     f"{r['p50']:.1f} | {r['p99']:.1f} | {r['p50'] - paced_ms['p50']:.1f} | "
+                     f"{r['p99'] - paced_ms['p99']:.1f} |")
     if long_run:
         lines += ["", f"Long run, 32 sessions batched, {args.long_seconds:.0f} s: p99 {long_run[0]:.1f} ms in the "
                       f"first 10 s, {long_run[1]:.1f} ms in the last 10 s."]
@@ -251,19 +278,22 @@ def main() -> None:
     model_ms, paced_ms, hops = model_step_ms(), model_step_ms(repeats=130, period=PERIOD_S), hop_ms()
     sizes = SERVED_SIZES
     results, long_run = {}, None
-    for mode, max_batch, plane in (("batched", 64, "zmq"), ("batched", 64, "ray"), ("unbatched", 1, "zmq")):
+    for mode, max_batch, plane in (("batched", 64, "tcp"), ("batched", 64, "ray"), ("unbatched", 1, "tcp")):
         process, address = start_server(max_batch, plane)
         try:
-            if (mode, plane) == ("batched", "zmq") and args.long_seconds:  # first, on a server with no backlog
+            if (mode, plane) == ("batched", "tcp") and args.long_seconds:  # first, on a server with no backlog
                 records = asyncio.run(load(address, 32, args.long_seconds, sizes))
                 t0 = min(t for t, _ in records)
                 first = [ms for t, ms in records if 1.0 <= t - t0 < 11.0]  # after the 1 s warm-up
                 last = [ms for t, ms in records if t - t0 > args.long_seconds - 10]
                 long_run = (float(np.percentile(first, 99)), float(np.percentile(last, 99)))
-            for sessions in args.sessions:
-                records = asyncio.run(load(address, sessions, args.seconds, sizes))
-                results[sessions, mode, plane] = summarize(records, args.seconds)
-                print(sessions, mode, plane, results[sessions, mode, plane], flush=True)
+            loads = [(sessions, PERIOD_S) for sessions in args.sessions]
+            if mode == "batched":  # its capacity: more offered than it can answer
+                loads.append((128, PERIOD_S / 2))
+            for sessions, period in loads:
+                records = asyncio.run(load(address, sessions, args.seconds, sizes, period))
+                results[sessions, mode, plane, period] = summarize(records, args.seconds)
+                print(sessions, mode, plane, period, results[sessions, mode, plane, period], flush=True)
                 time.sleep(10)  # an overloaded run leaves queued steps: let the server drain them
         finally:
             process.terminate()

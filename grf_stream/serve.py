@@ -54,9 +54,9 @@ class ServeConfig:
     """Keep one more fusion actor warm, where the cluster has room for it (0.5 CPU, or a GPU): it
     takes a lost actor's place at once, its sessions re-seeded; without it, the lost actor's sessions
     wait while Ray restarts it (seconds)."""
-    data_plane: str = "zmq"
-    """How steps reach the fusion actors: "zmq", a ZeroMQ channel per actor (a fraction of a Ray
-    call), or "ray", plain Ray actor calls. Ray places and restarts the actors either way."""
+    data_plane: str = "tcp"
+    """How steps reach the fusion actors: "tcp", a TCP channel per actor (a fraction of a Ray call),
+    or "ray", plain Ray actor calls. Ray places and restarts the actors either way."""
     max_sessions: int = 256
     idle_timeout_s: float = 30.0
     max_batch: int = 64

@@ -1,17 +1,20 @@
-"""The fusion data plane: FusionService calls from the front-end to a fusion service over ZeroMQ.
+"""The fusion data plane: FusionService calls from the front-end to a fusion service over TCP.
 
 Ray places, restarts and re-seeds the fusion actors (the control plane); the calls that carry the
 sessions' steps travel here instead of as Ray actor calls, which cost a few milliseconds each at a
-session's pace against about a tenth of one for a ZeroMQ round trip on the same machine
-(BENCHMARKS.md, "Serving latency").
+session's pace. The transport is one plain TCP connection per service, each message a frame
+(4-byte length, then msgpack): at a session's pace (one call after 100 ms of idling) a round trip
+costs about a quarter of a millisecond, against about three quarters over ZeroMQ, whose I/O threads
+add two thread wake-ups each way (BENCHMARKS.md, "Serving latency").
 
-- `ChannelServer`: beside a FusionService (in its actor's process), a ROUTER socket on a thread of
-  its own answers one call at a time: open, step, end_segment, close.
-- `Channel`: the front-end's DEALER socket to one service; calls may overlap, each reply is matched
-  to its call by id. A service whose process died closes its connection: the channel sees that
-  within milliseconds (a socket monitor) and fails every call, pending or new, with ChannelLost.
-  A service gone without closing it (its node cut off) is noticed while a reply is late: `call`
-  asks the caller whether the service is still there (`still_there`), every second.
+- `ChannelServer`: beside a FusionService (in its actor's process), a thread of its own accepts
+  connections and answers one call at a time: open, step, end_segment, close.
+- `Channel`: the front-end's connection to one service; calls may overlap, each reply is matched
+  to its call by id. A service whose process died closes its connection: the channel sees that at
+  once and fails every call, pending or new, with ChannelLost; a lost connection is never made
+  again (the restarted service is reached by a new Channel). A service gone without closing it
+  (its node cut off) is noticed while a reply is late: `call` asks the caller whether the service
+  is still there (`still_there`), every second.
 - A call names the service incarnation it is for (the address ends in `#incarnation`): a restarted
   service that got its predecessor's port refuses it ("elsewhere": ChannelLost) instead of running
   it on state that is not the caller's.
@@ -24,19 +27,23 @@ from __future__ import annotations
 import asyncio
 import itertools
 import secrets
+import selectors
+import socket
+import struct
 import threading
 from typing import Any, Awaitable, Callable
 
 import msgpack
 import numpy as np
 import torch
-import zmq
-import zmq.asyncio
 
 from grf_stream.serving.engine import FusionService, FusionState, StepRequest, StepResult, UnknownSession
 
 LIVENESS_S = 1.0  # a reply later than this makes the channel ask whether its service is still there
 DTYPES = frozenset({"<f4", "|b1"})  # the only arrays the calls carry: features, masks, contexts
+LENGTH = struct.Struct("<I")  # a frame: its payload's length, then the payload
+MAX_FRAME = 1 << 30  # a longer frame is no call of ours: its connection is closed
+SEND_TIMEOUT_S = 10.0  # a peer that reads no reply for this long loses its connection, not the service
 
 
 class ChannelLost(ConnectionError):
@@ -130,6 +137,31 @@ def decode_reply(data: bytes) -> tuple[int, Any]:
 # -- the two ends ------------------------------------------------------------------------------------
 
 
+def frame(payload: bytes) -> bytes:
+    return LENGTH.pack(len(payload)) + payload
+
+
+def take_frames(buffer: bytearray) -> list[bytes]:
+    """The whole frames at the front of `buffer`, removed from it; a partial one stays."""
+    frames = []
+    while len(buffer) >= LENGTH.size:
+        (size,) = LENGTH.unpack_from(buffer)
+        if size > MAX_FRAME:
+            raise ValueError(f"a frame of {size} bytes is over the data plane's {MAX_FRAME}")
+        if len(buffer) < LENGTH.size + size:
+            break
+        frames.append(bytes(buffer[LENGTH.size:LENGTH.size + size]))
+        del buffer[:LENGTH.size + size]
+    return frames
+
+
+def parse_address(address: str) -> tuple[str, int, str]:
+    """tcp://host:port#incarnation -> (host, port, incarnation)."""
+    endpoint, _, incarnation = address.partition("#")
+    host, _, port = endpoint.removeprefix("tcp://").rpartition(":")
+    return host, int(port), incarnation
+
+
 class ChannelServer:
     """A FusionService answering data-plane calls, one at a time, on a thread of its own.
 
@@ -137,14 +169,16 @@ class ChannelServer:
     (`warm`): the sessions' state changes here alone.
     """
 
-    def __init__(self, service: FusionService, host: str = "127.0.0.1"):
+    def __init__(self, service, host: str = "127.0.0.1"):
         self.service = service
-        self.socket = zmq.Context.instance().socket(zmq.ROUTER)
-        self.socket.linger = 0
+        self.listener = socket.create_server((host, 0))
         # The OS often gives a restarted actor the port its predecessor had: an incarnation in the
         # address lets a call meant for the predecessor be refused rather than run on the wrong state.
         self.incarnation = secrets.token_hex(8)
-        self.address = f"tcp://{host}:{self.socket.bind_to_random_port(f'tcp://{host}')}#{self.incarnation}"
+        self.address = f"tcp://{host}:{self.listener.getsockname()[1]}#{self.incarnation}"
+        self.selector = selectors.DefaultSelector()
+        self.selector.register(self.listener, selectors.EVENT_READ)
+        self.buffers: dict[socket.socket, bytearray] = {}
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._serve, name="fusion-data-plane", daemon=True)
         self.thread.start()
@@ -153,12 +187,39 @@ class ChannelServer:
         # OpenMP's thread count is per thread: set on this one too, or torch runs wide here.
         torch.set_num_threads(self.service.threads)
         while not self.stopped.is_set():
-            if not self.socket.poll(100):
-                continue
-            frames = self.socket.recv_multipart()
-            if len(frames) == 2:  # [identity, call] from a DEALER
-                self.socket.send_multipart([frames[0], self.answer(frames[1])])
-        self.socket.close()
+            for key, _ in self.selector.select(0.1):
+                if key.fileobj is self.listener:
+                    self._accept()
+                else:
+                    self._read(key.fileobj)
+        for connection in list(self.buffers):
+            self._drop(connection)
+        self.selector.close()
+        self.listener.close()
+
+    def _accept(self) -> None:
+        connection, _ = self.listener.accept()
+        connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        connection.settimeout(SEND_TIMEOUT_S)
+        self.buffers[connection] = bytearray()
+        self.selector.register(connection, selectors.EVENT_READ)
+
+    def _read(self, connection: socket.socket) -> None:
+        try:
+            data = connection.recv(1 << 20)
+            if not data:  # the caller went away
+                raise ConnectionError("closed")
+            buffer = self.buffers[connection]
+            buffer += data
+            for call in take_frames(buffer):
+                connection.sendall(frame(self.answer(call)))
+        except (OSError, ValueError):  # gone, stuck, or no peer of ours: its connection only
+            self._drop(connection)
+
+    def _drop(self, connection: socket.socket) -> None:
+        self.selector.unregister(connection)
+        del self.buffers[connection]
+        connection.close()
 
     def answer(self, data: bytes) -> bytes:
         try:
@@ -179,21 +240,29 @@ class ChannelServer:
         self.thread.join()
 
 
-class Channel:
-    """The front-end's end: calls to one ChannelServer, any number in flight, replies matched by id."""
+class Channel(asyncio.Protocol):
+    """The front-end's end: calls to one ChannelServer, any number in flight, replies matched by id.
+    Made with `await Channel.connect(address)`."""
 
-    def __init__(self, address: str, context: zmq.asyncio.Context):
-        self.address = address  # endpoint#incarnation, as ChannelServer.address
-        endpoint, _, self.incarnation = address.partition("#")
-        self.socket = context.socket(zmq.DEALER)
-        self.socket.linger = 0
-        self.socket.connect(endpoint)
+    def __init__(self, address: str):
+        self.address = address  # tcp://host:port#incarnation, as ChannelServer.address
+        self.incarnation = parse_address(address)[2]
+        self.transport: asyncio.Transport | None = None
+        self.buffer = bytearray()
         self.pending: dict[int, asyncio.Future] = {}
         self.ids = itertools.count()
-        self.lost: str | None = None  # why, once the service's connection closed
-        self.monitor = self.socket.get_monitor_socket(zmq.EVENT_DISCONNECTED)
-        loop = asyncio.get_running_loop()
-        self.receiver, self.watcher = loop.create_task(self._receive()), loop.create_task(self._watch())
+        self.lost: str | None = None  # why, once the connection is gone
+
+    @classmethod
+    async def connect(cls, address: str) -> Channel:
+        """A channel to the service at `address`; ChannelLost if nothing listens there."""
+        host, port, _ = parse_address(address)
+        channel = cls(address)
+        try:
+            await asyncio.get_running_loop().create_connection(lambda: channel, host, port)
+        except OSError as error:
+            raise ChannelLost(f"the fusion service at {address} does not answer: {error}") from None
+        return channel
 
     async def call(self, method: str, args: tuple, still_there: Callable[[], Awaitable[bool]]):
         """The call's result, or the exception it raised there; ChannelLost once the service is gone."""
@@ -202,19 +271,31 @@ class Channel:
         call_id = next(self.ids)
         reply = self.pending[call_id] = asyncio.get_running_loop().create_future()
         try:
-            await self.socket.send(encode_call(call_id, method, args, self.incarnation))
+            self.transport.write(frame(encode_call(call_id, method, args, self.incarnation)))
             while True:
                 try:
                     return await asyncio.wait_for(asyncio.shield(reply), LIVENESS_S)
-                except asyncio.TimeoutError:  # a long batch, or a service that died: ask
+                except asyncio.TimeoutError:  # a long batch, or a service that is cut off: ask
                     if not await still_there():
                         raise ChannelLost(f"the fusion service at {self.address} is gone") from None
         finally:
             self.pending.pop(call_id, None)
 
-    async def _receive(self) -> None:
-        while True:
-            call_id, outcome = decode_reply(await self.socket.recv())
+    # asyncio.Protocol: what the connection delivers
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        transport.get_extra_info("socket").setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        self.buffer += data
+        try:
+            replies = [decode_reply(f) for f in take_frames(self.buffer)]
+        except Exception as error:  # not a fusion service's reply: nothing more from it can be trusted
+            self.transport.close()
+            self._fail_all(f"{self.address} sent something that is not a reply: {error}")
+            return
+        for call_id, outcome in replies:
             reply = self.pending.get(call_id)
             if reply is None or reply.done():
                 continue  # a call that gave up waiting
@@ -223,10 +304,9 @@ class Channel:
             else:
                 reply.set_result(outcome)
 
-    async def _watch(self) -> None:
-        # A restarted service listens at another address: a connection that closed stays lost.
-        await self.monitor.recv_multipart()  # the one event it watches: EVENT_DISCONNECTED
-        self._fail_all(f"the fusion service at {self.address} closed its connection (it died)")
+    def connection_lost(self, error: Exception | None) -> None:
+        if self.lost is None:
+            self._fail_all(f"the fusion service at {self.address} closed its connection (it died)")
 
     def _fail_all(self, why: str) -> None:
         self.lost = why
@@ -235,9 +315,6 @@ class Channel:
                 reply.set_exception(ChannelLost(why))
 
     def close(self) -> None:
-        self.receiver.cancel()
-        self.watcher.cancel()
         self._fail_all(f"the channel to {self.address} was closed")
-        self.socket.disable_monitor()
-        self.monitor.close()
-        self.socket.close()
+        if self.transport is not None:
+            self.transport.close()

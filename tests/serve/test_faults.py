@@ -32,7 +32,7 @@ def small_model(tmp_path):
     return model, tmp_path / "small.pt"
 
 
-def frontend(checkpoint, extractors=None, data_plane="zmq"):
+def frontend(checkpoint, extractors=None, data_plane="tcp"):
     fusion = RayFusion(checkpoint, 1, False, data_plane)
     return FrontEnd(SIZES, {"audio": 100.0, "video": 30.0}, fusion, extractors, FrontEndConfig())
 
@@ -47,7 +47,7 @@ async def send(front, messages, wait_for: int):
     return out
 
 
-@pytest.mark.parametrize("data_plane", ["zmq", "ray"])
+@pytest.mark.parametrize("data_plane", ["tcp", "ray"])
 @pytest.mark.parametrize("restarted_before_next_step", [False, True])
 def test_killing_the_fusion_actor_mid_stream_keeps_every_context(restarted_before_next_step, data_plane, tmp_path):
     model, checkpoint = small_model(tmp_path)

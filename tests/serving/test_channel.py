@@ -1,6 +1,7 @@
-"""The fusion data plane (grf_stream/serving/channel.py) on real ZeroMQ sockets, without Ray."""
+"""The fusion data plane (grf_stream/serving/channel.py) on real TCP connections, without Ray."""
 
 import asyncio
+import socket
 import subprocess
 import sys
 import time
@@ -8,7 +9,6 @@ import time
 import numpy as np
 import pytest
 import torch
-import zmq
 
 from grf_stream.model import GRF, GRFConfig
 from grf_stream.serving import channel as c
@@ -38,7 +38,7 @@ def requests(rng, sessions, modality, seq):
 def over_the_channel(address, calls):
     """Each (method, args) through one Channel, in order; the results (or the exceptions raised)."""
     async def run():
-        channel = c.Channel(address, zmq.asyncio.Context.instance())
+        channel = await c.Channel.connect(address)
 
         async def still_there():
             return True
@@ -93,36 +93,62 @@ def test_a_failing_call_raises_at_the_caller_and_leaves_the_service_as_it_was(se
     assert server.service.states["a"].step == 1  # the failed step moved nothing
 
 
-def test_bytes_that_are_not_a_call_are_answered_not_left_waiting(server):
-    with zmq.Context() as context, context.socket(zmq.DEALER) as sock:
-        sock.linger = 0
-        sock.connect(server.address.partition("#")[0])
-        sock.send(b"\x94\x01\xa0\xa4nope\x90")  # msgpack, but no such call
-        assert sock.poll(5000)
-        call_id, outcome = c.decode_reply(sock.recv())
-    assert isinstance(outcome, c.ChannelFailure) and "not a data-plane call" in str(outcome)
+def test_bytes_that_are_not_a_call_are_answered_not_left_waiting_and_a_stray_peer_loses_only_its_connection(server):
+    host, port, _ = c.parse_address(server.address)
+    with socket.create_connection((host, port), timeout=5) as stray:
+        stray.sendall(c.frame(b"\x94\x01\xa0\xa4nope\x90"))  # msgpack, but no such call
+        buffer = bytearray()
+        while not (frames := c.take_frames(buffer)):
+            buffer += stray.recv(1 << 16)
+        call_id, outcome = c.decode_reply(frames[0])
+        assert isinstance(outcome, c.ChannelFailure) and "not a data-plane call" in str(outcome)
+        stray.sendall(b"\xff" * 8)  # a length over any call's: the connection is closed
+        assert stray.recv(1) == b""
+    assert over_the_channel(server.address, [("open", ("a", None))]) == [None]  # the service goes on
 
 
-def test_a_service_that_is_gone_is_noticed_by_asking_whether_it_is_still_there(monkeypatch, service):
+def test_frames_split_anywhere_are_put_back_together():
+    payloads = [b"", b"x" * 5, bytes(range(256)) * 300]
+    wire = b"".join(c.frame(p) for p in payloads)
+    buffer, got = bytearray(), []
+    for i in range(0, len(wire), 7):
+        buffer += wire[i:i + 7]
+        got += c.take_frames(buffer)
+    assert got == payloads and buffer == bytearray()
+
+
+def test_a_service_cut_off_without_closing_is_noticed_by_asking_whether_it_is_still_there(monkeypatch):
+    """A node cut off from the network closes nothing: a listener that accepts and never answers stands
+    in for it, and the channel asks the control plane until it says the service is gone."""
     monkeypatch.setattr(c, "LIVENESS_S", 0.1)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # the kernel completes the connection; nobody reads
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}#0123456789abcdef"
+
+        async def run():
+            channel = await c.Channel.connect(address)
+            asked = []
+
+            async def still_there():
+                asked.append(True)
+                return len(asked) < 3  # the control plane says so on the third question
+
+            try:
+                await channel.call("close", ("a",), still_there)
+            finally:
+                channel.close()
+
+        with pytest.raises(c.ChannelLost, match="is gone"):
+            asyncio.run(run())
+
+
+def test_nothing_listening_is_a_lost_channel_at_once(service):
     server = c.ChannelServer(service)
-    server.stop()  # gone: nothing answers at its address
+    server.stop()
 
     async def run():
-        channel = c.Channel(server.address, zmq.asyncio.Context.instance())
-        asked = []
+        await c.Channel.connect(server.address)
 
-        async def still_there():
-            asked.append(True)
-            return len(asked) < 3  # the control plane says so on the third question
-
-        try:
-            await channel.call("close", ("a",), still_there)
-        finally:
-            channel.close()
-        return asked
-
-    with pytest.raises(c.ChannelLost):
+    with pytest.raises(c.ChannelLost, match="does not answer"):
         asyncio.run(run())
 
 
@@ -147,7 +173,7 @@ def test_a_service_whose_process_dies_fails_every_call_at_once(monkeypatch):
     address = process.stdout.readline().strip()
 
     async def run():
-        channel = c.Channel(address, zmq.asyncio.Context.instance())
+        channel = await c.Channel.connect(address)
         asked = []
 
         async def still_there():
