@@ -9,7 +9,7 @@
     batcher.py     the steps of every session, batched per fusion shard
     engine.py      FusionService: every session's context, steps batched across sessions; SeededFusion:
                    the front-end's copy of each session's state, to seed a shard that lost them
-    channel.py     the data plane: FusionService calls over ZeroMQ
+    channel.py     the data plane: FusionService calls over TCP
 
 `grf_stream/serve.py` puts a ZeroMQ socket and Ray actors (`actors/`) around them; tests drive
 them directly.
