@@ -169,7 +169,7 @@ class ChannelServer:
     (`warm`): the sessions' state changes here alone.
     """
 
-    def __init__(self, service, host: str = "127.0.0.1"):
+    def __init__(self, service: FusionService, host: str = "127.0.0.1"):
         self.service = service
         self.listener = socket.create_server((host, 0))
         # The OS often gives a restarted actor the port its predecessor had: an incarnation in the
