@@ -32,12 +32,11 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from grf_stream.default_model import load_serving_model
-from grf_stream.serving.channel import Channel, ChannelLost, ChannelServer
+from grf_stream.serving.channel import DATA_PLANES, Channel, ChannelLost, ChannelServer
 from grf_stream.serving.engine import FusionService, FusionState, ShardLost, StepRequest, StepResult
 
 ACTOR_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
 STANDBY_ANSWERS_S = 1.0  # a standby that does not answer within this is not taking over
-DATA_PLANES = ("tcp", "ray")
 
 
 @ray.remote

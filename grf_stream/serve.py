@@ -26,6 +26,7 @@ import zmq
 import zmq.asyncio
 
 from grf_stream.config import load_config
+from grf_stream.serving.channel import DATA_PLANES
 from grf_stream.default_model import load_serving_model
 from grf_stream.features import EXTRACTORS, feature_spec
 from grf_stream.serving import protocol as p
@@ -80,6 +81,10 @@ class ServeConfig:
     plugins: list[str] = field(default_factory=list)
     """Python modules to import before serving, each adding modalities of its own
     (grf_stream.serving.modalities.register); importable where the server and its Ray workers run."""
+
+    def __post_init__(self) -> None:
+        if self.data_plane not in DATA_PLANES:  # here, before Ray or a model is started
+            raise ValueError(f"data_plane={self.data_plane!r}: choose one of {', '.join(DATA_PLANES)}")
 
 
 class Server:

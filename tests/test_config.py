@@ -65,3 +65,11 @@ def test_unknown_key_in_a_file_is_named(tmp_path):
 def test_missing_file_says_so(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(GRFConfig, tmp_path / "nope.yaml")
+
+
+def test_a_data_plane_that_does_not_exist_is_refused_before_anything_starts():
+    from grf_stream.serve import ServeConfig
+
+    with pytest.raises(ConfigError, match="data_plane='zmq': choose one of tcp, ray"):
+        load_config(ServeConfig, None, ["data_plane=zmq"])
+    assert load_config(ServeConfig, None, ["data_plane=ray"]).data_plane == "ray"

@@ -39,6 +39,7 @@ import torch
 
 from grf_stream.serving.engine import FusionService, FusionState, StepRequest, StepResult, UnknownSession
 
+DATA_PLANES = ("tcp", "ray")  # how steps may reach the fusion actors: this channel, or plain Ray actor calls
 LIVENESS_S = 1.0  # a reply later than this makes the channel ask whether its service is still there
 DTYPES = frozenset({"<f4", "|b1"})  # the only arrays the calls carry: features, masks, contexts
 LENGTH = struct.Struct("<I")  # a frame: its payload's length, then the payload
