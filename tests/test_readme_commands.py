@@ -34,9 +34,10 @@ SKIPPED = {  # the start of a command -> why it does not run here
                                 "point the test environment at the copy",
     "pip install torch==2.13.0 --index-url": "a CUDA build of torch from download.pytorch.org: a GPU machine's install",
     "python -m pytest": "runs this test",
-    "python -m trainer.train --config configs/train/mosi_live.yaml": "35 minutes of training on two cores "
+    "python -m trainer.train --config configs/train/mosi_live.yaml": "45 minutes of training on two cores "
                                                                     "(the trainer runs below on synthetic_tiny)",
-    "python -m grf_stream.default_model runs/mosi_live/": "needs the 35-minute run above",
+    "python -m trainer.train --config configs/train/mosi_live_tune.yaml": "fine-tunes the 45-minute run above",
+    "python -m grf_stream.default_model runs/mosi_live_tune/": "needs the two runs above",
     "python -m trainer.live_report": "tests/test_readme.py runs it and checks the README's tables against it",
     "python -m trainer.mosi_report": "tests/test_readme.py runs it and checks the README's tables against it",
     "python -m grf_stream.client --webcam --mic": "needs a camera and a microphone (tests/serve/ streams files "
