@@ -32,7 +32,7 @@ import ray
 from ray.exceptions import ActorDiedError, ActorUnavailableError, RayActorError
 
 from grf_stream.default_model import load_serving_model
-from grf_stream.serving.channel import DATA_PLANES, Channel, ChannelLost, ChannelServer
+from grf_stream.serving.channel import Channel, ChannelLost, ChannelServer, check_data_plane
 from grf_stream.serving.engine import FusionService, FusionState, ShardLost, StepRequest, StepResult
 
 ACTOR_LOST = (RayActorError, ActorDiedError, ActorUnavailableError)
@@ -93,8 +93,7 @@ class RayFusion:
 
     def __init__(self, checkpoint: str | Path | None, shards: int, use_gpu: bool, data_plane: str = "tcp",
                  restart_timeout_s: float = 60):
-        if data_plane not in DATA_PLANES:
-            raise ValueError(f"data_plane={data_plane!r}: choose one of {', '.join(DATA_PLANES)}")
+        check_data_plane(data_plane)
         self.frontend_node = ray.util.get_node_ip_address() if data_plane == "tcp" else None
         self.checkpoint, self.use_gpu = checkpoint, use_gpu
         self.actors = start_fusion_actors(checkpoint, shards, use_gpu, self.frontend_node)

@@ -26,10 +26,10 @@ import zmq
 import zmq.asyncio
 
 from grf_stream.config import load_config
-from grf_stream.serving.channel import DATA_PLANES
 from grf_stream.default_model import load_serving_model
 from grf_stream.features import EXTRACTORS, feature_spec
 from grf_stream.serving import protocol as p
+from grf_stream.serving.channel import check_data_plane
 from grf_stream.serving.frontend import FrontEnd, FrontEndConfig
 from grf_stream.spec import FeatureSpec
 
@@ -83,8 +83,7 @@ class ServeConfig:
     (grf_stream.serving.modalities.register); importable where the server and its Ray workers run."""
 
     def __post_init__(self) -> None:
-        if self.data_plane not in DATA_PLANES:  # here, before Ray or a model is started
-            raise ValueError(f"data_plane={self.data_plane!r}: choose one of {', '.join(DATA_PLANES)}")
+        check_data_plane(self.data_plane)  # here, before Ray or a model is started
 
 
 class Server:

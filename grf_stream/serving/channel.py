@@ -55,6 +55,11 @@ class ChannelFailure(RuntimeError):
     """The service raised on this call; the message says what (its state is as before the call)."""
 
 
+def check_data_plane(name: str) -> None:
+    if name not in DATA_PLANES:
+        raise ValueError(f"data_plane={name!r}: choose one of {', '.join(DATA_PLANES)}")
+
+
 # -- the wire: calls and replies ---------------------------------------------------------------------
 
 

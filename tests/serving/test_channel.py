@@ -35,6 +35,17 @@ def requests(rng, sessions, modality, seq):
                         np.array([True, True, False])) for s in sessions]
 
 
+def control_plane_that_says_gone_on_the_third_question():
+    """(the questions asked so far, the `still_there` a Channel asks)."""
+    asked = []
+
+    async def still_there():
+        asked.append(True)
+        return len(asked) < 3
+
+    return asked, still_there
+
+
 def over_the_channel(address, calls):
     """Each (method, args) through one Channel, in order; the results (or the exceptions raised)."""
     async def run():
@@ -126,12 +137,7 @@ def test_a_service_cut_off_without_closing_is_noticed_by_asking_whether_it_is_st
 
         async def run():
             channel = await c.Channel.connect(address)
-            asked = []
-
-            async def still_there():
-                asked.append(True)
-                return len(asked) < 3  # the control plane says so on the third question
-
+            _, still_there = control_plane_that_says_gone_on_the_third_question()
             try:
                 await channel.call("close", ("a",), still_there)
             finally:
@@ -174,12 +180,7 @@ def test_a_service_whose_process_dies_fails_every_call_at_once(monkeypatch):
 
     async def run():
         channel = await c.Channel.connect(address)
-        asked = []
-
-        async def still_there():
-            asked.append(True)
-            return len(asked) < 3  # a control plane that learns of the death later
-
+        asked, still_there = control_plane_that_says_gone_on_the_third_question()  # it learns of the death later
         await channel.call("open", ("a", None), still_there)
         step = requests(np.random.default_rng(0), ["a"], "text", 0)
         in_flight = asyncio.ensure_future(channel.call("step", (step,), still_there))
