@@ -34,6 +34,12 @@ from grf_stream.serving.frontend import FrontEnd, FrontEndConfig
 from grf_stream.spec import FeatureSpec
 
 
+# Messages ZeroMQ holds per connection before the socket loop reads them (its default: 1,000). Past
+# it ZeroMQ stops reading that connection, and its sender waits: a connection the loop reads slowly
+# (a flood, replies.py) then holds at most this many messages in the server, not a thousand.
+RECEIVED_UNREAD = 16
+
+
 @dataclass
 class ServeConfig:
     """Everything `python -m grf_stream.serve` can be told."""
@@ -98,10 +104,11 @@ class Server:
             frames = await self.socket.recv_multipart(copy=False)
             if len(frames) != 2:  # a ROUTER sees [identity, payload] from a DEALER
                 continue
-            await self.frontend.handle(frames[0].bytes, frames[1].buffer)
-            # A message already waiting is received without yielding: without this, a client flooding
-            # the socket would starve every session's worker, the batcher and the send loop.
-            await asyncio.sleep(0)
+            pause = await self.frontend.handle(frames[0].bytes, frames[1].buffer)
+            # Always yield: a message already waiting is received without yielding, so a client flooding
+            # the socket would otherwise starve every session's worker, the batcher and the send loop.
+            # A connection that throws most of what it sends away is read more slowly (replies.py).
+            await asyncio.sleep(pause)
 
     async def send(self) -> None:
         while True:
@@ -218,6 +225,7 @@ async def serve(config: ServeConfig) -> None:
     socket = context.socket(zmq.ROUTER)
     authenticator = secure(socket, context, config) if config.curve_server_key else None
     socket.setsockopt(zmq.MAXMSGSIZE, config.transport_max_bytes)
+    socket.setsockopt(zmq.RCVHWM, RECEIVED_UNREAD)
     socket.bind(f"tcp://{config.host}:{config.port}")
     print(f"grf-stream serving {label} on tcp://{config.host}:{config.port} "
           f"({config.fusion_actors} fusion actor(s){' and a standby' if standby else ''}, "

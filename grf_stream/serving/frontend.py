@@ -75,8 +75,9 @@ class FrontEnd:
 
     # -- messages in -------------------------------------------------------------------------
 
-    async def handle(self, identity: bytes, data: bytes | memoryview) -> None:
-        """One client message; every problem becomes an error reply, nothing propagates."""
+    async def handle(self, identity: bytes, data: bytes | memoryview) -> float:
+        """One client message; every problem becomes an error reply, nothing propagates. Returns how
+        long the socket loop should wait before the next message (replies.DISCARD_PAUSE_S)."""
         try:
             message = p.decode(data, self.config.limits)
             if isinstance(message, p.Hello):
@@ -90,6 +91,7 @@ class FrontEnd:
             self.replies.error(identity, error.code, error.message, error.session, error.seq)
         except Exception as error:  # a bug of ours must not take the server, or other sessions, down
             self.replies.error(identity, p.INTERNAL, f"the server failed on this message: {cause(error)}", None, None)
+        return self.replies.pause_after(identity)
 
     def route(self, identity: bytes, message: p.Message) -> None:
         """Into the session's inbox, applying the late-data rules."""
@@ -206,6 +208,7 @@ class FrontEnd:
         now = self.clock()
         idle = [s for s in self.sessions.values() if not s.closing and now - s.last_seen > self.config.idle_timeout_s]
         self.replies.error_budget.forget_full()
+        self.replies.discards.forget_full()
         for session in idle:
             await self.close(session, "idle_timeout")
 

@@ -15,25 +15,37 @@ from grf_stream.serving.session import Session
 # Error replies per connection: a burst, then a rate. Beyond it errors are counted, not sent: a client
 # flooding bad messages would otherwise fill the one reply queue and delay every other session's replies.
 ERROR_BURST, ERROR_REPLIES_PER_S = 100, 100.0
+# Messages a connection may have thrown away (refused with an error, or dropped) at once and a second.
+# Beyond it the socket loop pauses DISCARD_PAUSE_S after each of its messages: ZeroMQ serves the
+# connections in turn, so a flood is then read at most about 1/DISCARD_PAUSE_S messages a second (its
+# sender waits on a full connection) while every other connection waits at most one pause per
+# flooding connection; without it the server spends a core on reading and throwing away.
+DISCARD_BURST, DISCARDS_PER_S, DISCARD_PAUSE_S = 200, 200.0, 0.001
 
 
-class ErrorBudget:
-    """A token bucket per connection: ERROR_BURST error replies, refilled at ERROR_REPLIES_PER_S."""
+class TokenBucket:
+    """Per connection: `burst` tokens, refilled at `per_s` a second."""
 
-    def __init__(self, clock: Callable[[], float]):
-        self.clock = clock
-        self.tokens: dict[bytes, tuple[float, float]] = {}  # connection -> (error replies it may get, when)
+    def __init__(self, burst: float, per_s: float, clock: Callable[[], float]):
+        self.burst, self.per_s, self.clock = burst, per_s, clock
+        self.tokens: dict[bytes, tuple[float, float]] = {}  # connection -> (tokens left, when)
 
-    def may_answer(self, identity: bytes) -> bool:
+    def left(self, identity: bytes) -> float:
         now = self.clock()
-        tokens, since = self.tokens.get(identity, (ERROR_BURST, now))
-        tokens = min(ERROR_BURST, tokens + (now - since) * ERROR_REPLIES_PER_S)
-        self.tokens[identity] = (tokens - 1 if tokens >= 1 else tokens, now)
+        tokens, since = self.tokens.get(identity, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - since) * self.per_s)
+        self.tokens[identity] = (tokens, now)
+        return tokens
+
+    def take(self, identity: bytes) -> bool:
+        """A token if one is left (True), else False."""
+        tokens = self.left(identity)
+        self.tokens[identity] = (tokens - 1 if tokens >= 1 else tokens, self.clock())
         return tokens >= 1
 
     def forget_full(self) -> None:
         """A bucket untouched long enough to be full again is the same as none: forget it."""
-        refilled = ERROR_BURST / ERROR_REPLIES_PER_S
+        refilled = self.burst / self.per_s
         self.tokens = {k: v for k, v in self.tokens.items() if self.clock() - v[1] < refilled}
 
 
@@ -44,7 +56,8 @@ class Replies:
         self.sessions = sessions  # the front-end's session table: whom a result or an error goes to
         self.outbox: asyncio.Queue[tuple[bytes, p.Message]] = asyncio.Queue()
         self.numbers = LiveNumbers(clock)
-        self.error_budget = ErrorBudget(clock)
+        self.error_budget = TokenBucket(ERROR_BURST, ERROR_REPLIES_PER_S, clock)
+        self.discards = TokenBucket(DISCARD_BURST, DISCARDS_PER_S, clock)
 
     def send(self, identity: bytes, message: p.Message) -> None:
         self.outbox.put_nowait((identity, message))
@@ -72,7 +85,8 @@ class Replies:
         self.numbers.counts["errors"] += 1
         if session in self.sessions:
             self.sessions[session].stats["errors"] += 1
-        if self.error_budget.may_answer(identity):
+        self.discards.take(identity)
+        if self.error_budget.take(identity):
             self.send(identity, p.Error(session, seq, time.time(), code, message))
         else:
             self.numbers.counts["errors_unanswered"] += 1
@@ -80,3 +94,9 @@ class Replies:
     def drop(self, session: Session, modality: str) -> None:
         session.stats[f"drops_{modality}"] += 1
         self.numbers.counts["drops"] += 1
+        self.discards.take(session.identity)
+
+    def pause_after(self, identity: bytes) -> float:
+        """How long the socket loop waits after a message of this connection: DISCARD_PAUSE_S once
+        it has thrown away more than its discard budget, else 0."""
+        return DISCARD_PAUSE_S if self.discards.left(identity) < 1 else 0.0

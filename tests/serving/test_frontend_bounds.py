@@ -227,6 +227,26 @@ def test_a_connection_flooding_bad_messages_gets_a_bounded_number_of_error_repli
     assert numbers["errors_unanswered"] == 50 and numbers["errors"] == ERROR_BURST + 51
 
 
+def test_a_connection_throwing_most_of_what_it_sends_away_is_read_more_slowly():
+    from grf_stream.serving.replies import DISCARD_BURST, DISCARD_PAUSE_S, DISCARDS_PER_S
+
+    clock = Clock()
+    front, _ = make_frontend(clock=clock)
+
+    async def scenario():
+        pauses = [await front.handle(b"flood", b"\xc1 not msgpack") for _ in range(DISCARD_BURST + 1)]
+        other = await front.handle(b"other", b"\xc1 not msgpack")
+        clock.now += 10 / DISCARDS_PER_S  # ten discards' worth of refill
+        after_refill = [await front.handle(b"flood", b"\xc1 not msgpack") for _ in range(11)]
+        return pauses, other, after_refill
+
+    pauses, other, after_refill = run(scenario())
+    assert pauses[:DISCARD_BURST - 1] == [0.0] * (DISCARD_BURST - 1)  # within its budget: read at full speed
+    assert pauses[DISCARD_BURST:] == [DISCARD_PAUSE_S]
+    assert other == 0.0  # another connection is not slowed
+    assert after_refill[:9] == [0.0] * 9 and after_refill[-1] == DISCARD_PAUSE_S
+
+
 class Rates(TextRows):
     """Audio extraction that records the sample rate of every chunk it is given."""
 
