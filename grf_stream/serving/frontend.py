@@ -76,8 +76,7 @@ class FrontEnd:
     # -- messages in -------------------------------------------------------------------------
 
     async def handle(self, identity: bytes, data: bytes | memoryview) -> float:
-        """One client message; every problem becomes an error reply, nothing propagates. Returns how
-        long the socket loop should wait before the next message (replies.DISCARD_PAUSE_S)."""
+        """One client message, every problem an error reply; returns the socket loop's pause after it."""
         try:
             message = p.decode(data, self.config.limits)
             if isinstance(message, p.Hello):
