@@ -70,8 +70,8 @@ class Tuner:
         return float((predictions.clamp(-3, 3) - torch.tensor([r.label for r in rows])).abs().mean())
 
 
-def tune(rows: list[LabelRow], epochs: int, seed: int) -> tuple[dict, list[dict]]:
-    """The adapter of the epoch with the lowest validation MAE, and every epoch's figures."""
+def tune(rows: list[LabelRow], epochs: int, seed: int) -> dict:
+    """The adapter of the epoch with the lowest validation MAE, with that epoch's figures."""
     train = [r for r in rows if r.split == "train" and r.text]
     valid = [r for r in rows if r.split == "valid" and r.text]
     if not train or not valid:
@@ -79,19 +79,18 @@ def tune(rows: list[LabelRow], epochs: int, seed: int) -> tuple[dict, list[dict]
     torch.manual_seed(seed)
     order = np.random.default_rng(seed)
     tuner = Tuner(epochs, math.ceil(len(train) / BATCH))
-    best, history = None, []
+    best = None
     for epoch in range(1, epochs + 1):
         started = time.perf_counter()
         shuffled = [train[i] for i in order.permutation(len(train))]
         losses = [tuner.step(shuffled[i:i + BATCH]) for i in range(0, len(shuffled), BATCH)]
         figures = {"epoch": epoch, "train_loss": float(np.mean(losses)), "valid_mae": tuner.mae(valid),
                    "seconds": time.perf_counter() - started}
-        history.append(figures)
         print(f"epoch {epoch}: train L1 {figures['train_loss']:.3f}, valid MAE {figures['valid_mae']:.3f} "
               f"({figures['seconds']:.0f} s)", flush=True)
         if best is None or figures["valid_mae"] < best["valid_mae"]:
             best = {**adapter.state(tuner.encoder, RANK, ALPHA), **figures, "seed": seed}
-    return best, history
+    return best
 
 
 def main(argv=None) -> None:
@@ -101,7 +100,7 @@ def main(argv=None) -> None:
     parser.add_argument("--epochs", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
-    best, _ = tune(read_labels(args.labels), args.epochs, args.seed)
+    best = tune(read_labels(args.labels), args.epochs, args.seed)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     torch.save(best, args.out)
     print(f"kept epoch {best['epoch']} (valid MAE {best['valid_mae']:.3f}) -> {args.out}. The text features change with it: "

@@ -31,11 +31,11 @@ class TokenBucket:
         self.tokens: dict[bytes, tuple[float, float]] = {}  # connection -> (tokens left, when)
 
     def left(self, identity: bytes) -> float:
-        now = self.clock()
-        tokens, since = self.tokens.get(identity, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - since) * self.per_s)
-        self.tokens[identity] = (tokens, now)
-        return tokens
+        """Tokens left now; reading them stores nothing (a connection never charged has no bucket)."""
+        if identity not in self.tokens:
+            return self.burst
+        tokens, since = self.tokens[identity]
+        return min(self.burst, tokens + (self.clock() - since) * self.per_s)
 
     def take(self, identity: bytes) -> bool:
         """A token if one is left (True), else False."""
