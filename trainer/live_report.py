@@ -19,7 +19,8 @@ segment for the whole stream: the context carries across phrases). Rows:
 - references on the same replay: the packaged model (when another checkpoint is measured), a
   ridge regression on the latest phrase (the floor), and the training mean;
 - below the table, how the measured model's prediction holds: its range before the first phrase,
-  and its mean drift from the value right after a phrase, 5-10, 10-20 and 20-40 s after it.
+  and its mean drift from the value right after a phrase, 5-10, 10-20 and 20-40 s after it; and
+  how large its sign flips are: over how many phrases they fall, and how far from zero they reach.
 """
 
 from __future__ import annotations
@@ -121,6 +122,20 @@ def holding(streams: list[Stream], predictions: list[np.ndarray]) -> dict[str, f
     return numbers | {f"drift_{low}_{high}s": float(np.mean(d)) for (low, high), d in drift.items() if d}
 
 
+def flip_sizes(streams: list[Stream], predictions: list[np.ndarray]) -> dict[str, float]:
+    """The sign flips that live_metrics counts: how many, over how many phrases, and the largest
+    |prediction| on either side of one (a flip between +0.003 and -0.002 is a prediction at zero;
+    one between +1 and -1 is a changed mind)."""
+    phrases, largest, flips = set(), 0.0, 0
+    for stream, values in zip(streams, predictions):
+        for k, step in enumerate(stream.steps[1:], start=1):
+            if step.phrase >= 0 and step.modality != TEXT and np.sign(values[k]) != np.sign(values[k - 1]):
+                flips += 1
+                phrases.add((stream.name, step.phrase))
+                largest = max(largest, abs(float(values[k])), abs(float(values[k - 1])))
+    return {"flips": flips, "flip_phrases": len(phrases), "flip_largest": largest}
+
+
 def latest_phrase(streams: list[Stream], phrase_values: list[np.ndarray], before: float) -> list[np.ndarray]:
     """Per-step predictions of a model that reads only the latest phrase (`before` until the first)."""
     out = []
@@ -183,9 +198,13 @@ def main(argv: list[str] | None = None) -> None:
           f"{held['before_first_max']:+.2f}; drift from the value right after a phrase, by seconds since it: "
           + ", ".join(f"{low}-{high} s {held[f'drift_{low}_{high}s']:.2f}" for low, high in DRIFT_BINS_S
                       if f"drift_{low}_{high}s" in held))
+    flips = flip_sizes(streams, predictions[measured])
+    print(f"{measured} sign flips: {flips['flips']} over {flips['flip_phrases']} phrases, none between values "
+          f"farther than {flips['flip_largest']:.3f} from zero")
     if args.json:
-        args.json.write_text(json.dumps({"rows": rows, "holding": held, "videos": len(streams), "minutes": minutes,
-                                         "phrases": phrases, "window_steps": windows}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"rows": rows, "holding": held, "flips": flips, "videos": len(streams),
+                                         "minutes": minutes, "phrases": phrases, "window_steps": windows},
+                                        indent=2) + "\n")
 
 
 if __name__ == "__main__":

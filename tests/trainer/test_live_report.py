@@ -7,7 +7,7 @@ from torch.testing import assert_close
 
 from grf_stream.data.streams import Stream, StreamStep
 from grf_stream.model import GRF, GRFConfig
-from trainer.live_report import latest_phrase, live_metrics, markdown, replay
+from trainer.live_report import flip_sizes, latest_phrase, live_metrics, markdown, replay
 
 SIZES = {"audio": 3, "video": 2, "text": 4}
 
@@ -33,6 +33,18 @@ def test_phrase_held_jitter_and_flips_by_hand():
     assert got["jitter"] == pytest.approx((0.1 + 1.0 + 0.5) / 3)  # the audio and video steps after it
     assert got["flips_per_10min"] == pytest.approx(10.0)  # one flip (0.9 -> -0.1) in one minute
     assert got["phrase_acc2_non0"] == 1.0
+
+
+def test_flip_sizes_count_the_flips_live_metrics_counts_and_how_far_from_zero_they_reach():
+    one = hand_stream("avtavavtav", [1.0, -2.0], name="one")
+    values = np.array([0.5, -0.5, 0.002, -0.003, 0.001, 0.2, -0.1, -1.0, 0.4, 0.3], np.float32)
+    two = hand_stream("tavt", [0.5, 0.5], name="two")
+    steady = np.array([0.4, 0.5, 0.45, 0.5], np.float32)
+    got = flip_sizes([one, two], [values, steady])
+    # in the first phrase two flips at zero and 0.2 -> -0.1, in the second -1.0 -> 0.4; not the flip before
+    # the first phrase, nor a phrase step's own change of sign
+    assert got == {"flips": 4, "flip_phrases": 2, "flip_largest": pytest.approx(1.0)}
+    assert live_metrics([one], [values])["flips_per_10min"] == pytest.approx(10.0 * 4)
 
 
 def test_a_model_of_the_latest_phrase_never_jitters():
