@@ -80,6 +80,16 @@ def _step(stream: Stream, k: int) -> tuple[str, np.ndarray, np.ndarray]:
     return step.modality, np.ascontiguousarray(step.features, np.float32), step.mask
 
 
+def quiet_steps(stream: Stream) -> np.ndarray:
+    """(S-1,): the steps after the first that carry no text and come after the first phrase."""
+    return np.array([s.phrase >= 0 and s.modality != TEXT for s in stream.steps[1:]], bool)
+
+
+def flipped(stream: Stream, values: np.ndarray) -> np.ndarray:
+    """(S-1,): where such a quiet step changes the prediction's sign."""
+    return quiet_steps(stream) & (np.sign(values[1:]) != np.sign(values[:-1]))
+
+
 def live_metrics(streams: list[Stream], predictions: list[np.ndarray]) -> dict[str, float]:
     """Phrase, held and jitter figures of per-step predictions (the rows of the module docstring)."""
     phrase_p, phrase_y, held, moves, flips = [], [], [], [], 0
@@ -90,9 +100,8 @@ def live_metrics(streams: list[Stream], predictions: list[np.ndarray]) -> dict[s
         phrase_y.append(stream.labels[phrase[text]])
         scored = phrase >= 0
         held.append(np.abs(values[scored] - stream.labels[phrase[scored]]))
-        quiet = scored[1:] & ~text[1:]  # steps without text after the first phrase
-        moves.append(np.abs(np.diff(values))[quiet])
-        flips += int(np.sum(np.sign(values[1:]) != np.sign(values[:-1]), where=quiet))
+        moves.append(np.abs(np.diff(values))[quiet_steps(stream)])
+        flips += int(flipped(stream, values).sum())
     phrase = sentiment_metrics(np.concatenate(phrase_p), np.concatenate(phrase_y))
     minutes = sum(s.seconds for s in streams) / 60
     return {**{f"phrase_{k}": v for k, v in phrase.items()}, "held_mae": float(np.concatenate(held).mean()),
@@ -128,11 +137,10 @@ def flip_sizes(streams: list[Stream], predictions: list[np.ndarray]) -> dict[str
     one between +1 and -1 is a changed mind)."""
     phrases, largest, flips = set(), 0.0, 0
     for stream, values in zip(streams, predictions):
-        for k, step in enumerate(stream.steps[1:], start=1):
-            if step.phrase >= 0 and step.modality != TEXT and np.sign(values[k]) != np.sign(values[k - 1]):
-                flips += 1
-                phrases.add((stream.name, step.phrase))
-                largest = max(largest, abs(float(values[k])), abs(float(values[k - 1])))
+        at = np.flatnonzero(flipped(stream, values)) + 1
+        flips += len(at)
+        phrases |= {(stream.name, stream.steps[k].phrase) for k in at}
+        largest = max(largest, float(np.abs(values[at]).max(initial=0)), float(np.abs(values[at - 1]).max(initial=0)))
     return {"flips": flips, "flip_phrases": len(phrases), "flip_largest": largest}
 
 
