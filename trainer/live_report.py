@@ -85,9 +85,9 @@ def quiet_steps(stream: Stream) -> np.ndarray:
     return np.array([s.phrase >= 0 and s.modality != TEXT for s in stream.steps[1:]], bool)
 
 
-def flipped(stream: Stream, values: np.ndarray) -> np.ndarray:
-    """(S-1,): where such a quiet step changes the prediction's sign."""
-    return quiet_steps(stream) & (np.sign(values[1:]) != np.sign(values[:-1]))
+def flipped(values: np.ndarray, quiet: np.ndarray) -> np.ndarray:
+    """(S-1,): where a quiet step (quiet_steps) changes the prediction's sign."""
+    return quiet & (np.sign(values[1:]) != np.sign(values[:-1]))
 
 
 def live_metrics(streams: list[Stream], predictions: list[np.ndarray]) -> dict[str, float]:
@@ -100,8 +100,9 @@ def live_metrics(streams: list[Stream], predictions: list[np.ndarray]) -> dict[s
         phrase_y.append(stream.labels[phrase[text]])
         scored = phrase >= 0
         held.append(np.abs(values[scored] - stream.labels[phrase[scored]]))
-        moves.append(np.abs(np.diff(values))[quiet_steps(stream)])
-        flips += int(flipped(stream, values).sum())
+        quiet = quiet_steps(stream)
+        moves.append(np.abs(np.diff(values))[quiet])
+        flips += int(flipped(values, quiet).sum())
     phrase = sentiment_metrics(np.concatenate(phrase_p), np.concatenate(phrase_y))
     minutes = sum(s.seconds for s in streams) / 60
     return {**{f"phrase_{k}": v for k, v in phrase.items()}, "held_mae": float(np.concatenate(held).mean()),
@@ -137,7 +138,7 @@ def flip_sizes(streams: list[Stream], predictions: list[np.ndarray]) -> dict[str
     one between +1 and -1 is a changed mind)."""
     phrases, largest, flips = set(), 0.0, 0
     for stream, values in zip(streams, predictions):
-        at = np.flatnonzero(flipped(stream, values)) + 1
+        at = np.flatnonzero(flipped(values, quiet_steps(stream))) + 1
         flips += len(at)
         phrases |= {(stream.name, stream.steps[k].phrase) for k in at}
         largest = max(largest, float(np.abs(values[at]).max(initial=0)), float(np.abs(values[at - 1]).max(initial=0)))
