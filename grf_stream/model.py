@@ -19,6 +19,9 @@ Two variants for streams that run for minutes (chosen in `__init__` like the oth
     (8') h_k = (1 - z_k) * h_{k-1} + z_k * Dropout(h~_k)   (`gfu: keep`): z_k = 0 keeps h_{k-1}
          exactly. In (8) the carried term s' is the context already rewritten by attending to the
          new window, so no gate value can shut an uninformative step out; here one can.
+    (6') z_k = clamp((sigmoid(W_z [s'; m'] + b_z) - f) / (1 - 2f), 0, 1)   (`gate_floor: f`): a gate
+         that sigmoid leaves within f of 0 or 1 is shut or open exactly. A sigmoid never reaches 0,
+         so without it every step of a live stream moves the context a little.
 
 N_m is the identity, or with `feature_norm` a standardisation (X_m - mu_m) / sigma_m whose
 statistics the trainer measures on the training data and the checkpoint keeps: raw extractor
@@ -72,6 +75,8 @@ class GRFConfig:
     'learned' h_0 the first modality is fused into (3')."""
     gfu: str = "attended"
     """What the gate carries: 'attended' s' as in (8) (the paper), or 'keep' h_{k-1} itself (8')."""
+    gate_floor: float = 0.0
+    """f of (6'): gates the sigmoid puts within f of 0 (or 1) are exactly 0 (or 1); 0 = the paper's (6)."""
     modality_embedding: bool = True
     """Add a learned e_m in (1) so the shared block knows what it is fusing (any-order fusion)."""
     order: list[str] | None = None
@@ -101,6 +106,8 @@ class GRFConfig:
             raise ValueError(f"init={self.init!r} is not one of {INIT_MODES}")
         if self.gfu not in GFU_MODES:
             raise ValueError(f"gfu={self.gfu!r} is not one of {GFU_MODES}")
+        if not 0.0 <= self.gate_floor < 0.5:
+            raise ValueError(f"gate_floor={self.gate_floor} must be in [0, 0.5)")
         if self.init == "learned" and not self.share_block:
             raise ValueError("init=learned fuses the first modality with the block too: it needs share_block=true")
         self.order = list(self.order) if self.order is not None else list(self.modalities)
@@ -174,6 +181,12 @@ def in_length_groups(fn: Callable[..., tuple[Tensor, Tensor]], rows: int, state:
     return torch.cat(hs)[back], torch.cat(zs)[back]
 
 
+def update_gate(logits: Tensor, floor: float) -> Tensor:
+    """(6) or, with a floor f > 0, (6'): the sigmoid stretched so that it reaches 0 and 1 exactly."""
+    z = torch.sigmoid(logits)
+    return ((z - floor) / (1 - 2 * floor)).clamp(0.0, 1.0) if floor > 0 else z
+
+
 def decoder_stack(config: GRFConfig) -> nn.TransformerDecoder:
     """L post-norm decoder layers: self-attention, cross-attention, GELU feed-forward."""
     layer = nn.TransformerDecoderLayer(
@@ -240,10 +253,11 @@ class GatedFusionUnit(nn.Module):
         self.candidate = nn.Linear(2 * config.d_model, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
         self.norm = nn.LayerNorm(config.d_model)
+        self.floor = config.gate_floor
 
     def forward(self, previous: Tensor, s: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
         sm = torch.cat([s, m], dim=-1)  # (B, 2d)
-        z = torch.sigmoid(self.gate(sm))  # (6) update gate (B, d)
+        z = update_gate(self.gate(sm), self.floor)  # (6) update gate (B, d)
         candidate = torch.tanh(self.candidate(sm))  # (7) candidate (B, d)
         h = self.norm(self.dropout((1 - z) * s + z * candidate))  # (8) (B, d); `previous` is not carried
         return h, z
@@ -260,10 +274,11 @@ class KeepingGatedFusionUnit(nn.Module):
         self.gate = nn.Linear(2 * config.d_model, config.d_model)
         self.candidate = nn.Linear(2 * config.d_model, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
+        self.floor = config.gate_floor
 
     def forward(self, previous: Tensor, s: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
         sm = torch.cat([s, m], dim=-1)  # (B, 2d)
-        z = torch.sigmoid(self.gate(sm))  # (6) update gate (B, d)
+        z = update_gate(self.gate(sm), self.floor)  # (6) update gate (B, d)
         candidate = self.dropout(torch.tanh(self.candidate(sm)))  # (7) candidate (B, d)
         return (1 - z) * previous + z * candidate, z  # (8') (B, d)
 

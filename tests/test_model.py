@@ -240,6 +240,21 @@ def test_keep_gfu_with_the_gate_shut_returns_the_previous_context_bit_for_bit():
     assert torch.equal(kept, context)
 
 
+def test_a_gate_floor_shuts_gates_near_zero_exactly_and_stretches_the_rest():
+    model = make_model(**LIVE, gate_floor=0.1)
+    features, masks = make_inputs()
+    context = model.init_context(features["text"], masks["text"], "text")
+    with torch.no_grad():
+        model.fusion.block.gfu.gate.weight.zero_()
+        model.fusion.block.gfu.gate.bias.fill_(-2.5)  # sigmoid 0.076: a small gate, under the floor
+    kept, gate = model.fuse_step(context, features["audio"], masks["audio"], "audio")
+    assert (gate == 0).all() and torch.equal(kept, context)
+    with torch.no_grad():
+        model.fusion.block.gfu.gate.bias.fill_(0.5)  # sigmoid 0.622 -> (0.622 - 0.1) / 0.8
+    _, gate = model.fuse_step(context, features["audio"], masks["audio"], "audio")
+    assert_close(gate, torch.full_like(gate, (torch.sigmoid(torch.tensor(0.5)).item() - 0.1) / 0.8))
+
+
 def test_the_papers_gfu_with_the_gate_shut_still_rewrites_the_context():
     """(8) carries s', the context after attending to the window: the reason for `gfu: keep`."""
     model = make_model()
@@ -350,6 +365,8 @@ def test_config_rejects_bad_values():
         GRFConfig(init="mean")
     with pytest.raises(ValueError, match="must list each of"):
         GRFConfig(order=["text", "audio"])
+    with pytest.raises(ValueError, match=r"gate_floor=0.5 must be in \[0, 0.5\)"):
+        GRFConfig(gate_floor=0.5)
 
 
 # -- pinned numerics and checkpoint keys ---------------------------------------------------------

@@ -33,7 +33,7 @@ from grf_stream.data import (Distractors, FeatureStore, Sample, SentimentDataset
                              feature_spec, load_distractors, load_split, pair_split)
 from grf_stream.data.streams import MediaTrack, StreamBatch, videos, whole_video
 from grf_stream.metrics import sentiment_metrics
-from grf_stream.model import GRF
+from grf_stream.model import GRF, GRFConfig
 from grf_stream.spec import SPLITS
 from trainer.board import TrainingBoard
 from trainer.config import TrainConfig
@@ -179,10 +179,18 @@ def served(model: GRF, average: AveragedModel | None) -> GRF:
     return average.module if average is not None else model
 
 
+FINE_TUNABLE = ("dropout", "gate_floor")  # model settings that hold no weight: a fine-tune may change them
+
+
+def weight_settings(model: dict) -> dict:
+    """A model's settings, defaults filled in (a checkpoint older than a setting lacks it), less FINE_TUNABLE."""
+    return {k: v for k, v in to_dict(GRFConfig(**model)).items() if k not in FINE_TUNABLE}
+
+
 def starting_weights(config: TrainConfig) -> dict:
     """The weights (feature statistics included) of train.init_from, for a fine-tuning run."""
     payload = read_checkpoint(config.train.init_from)
-    if payload["model_config"] != to_dict(config.model):
+    if weight_settings(payload["model_config"]) != weight_settings(to_dict(config.model)):
         raise ValueError(f"train.init_from={config.train.init_from} holds another model "
                          f"({payload['model_config']}); fine-tune it with the same model: settings")
     return payload["model_state"]

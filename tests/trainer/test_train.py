@@ -171,6 +171,9 @@ def test_a_run_fine_tunes_from_another_runs_weights_and_refuses_another_model(tm
     parent_mae = metrics(parent)["valid"]["mae"]
     # One epoch at a tiny learning rate stays where the parent ended, far from a fresh start.
     assert abs(tuned["valid"]["mae"] - parent_mae) < 0.25 * abs(fresh["valid"]["mae"] - parent_mae)
+    # Settings that hold no weight may change in a fine-tune; the gate floor is one.
+    floored = run(tmp_path, "floored", "train.epochs=1", "model.gate_floor=0.05", f"train.init_from={best}")
+    assert torch.load(floored / "checkpoints" / "best.pt", weights_only=False)["model_config"]["gate_floor"] == 0.05
     with pytest.raises(SystemExit, match="holds another model"):
         run(tmp_path, "other", "model.d_model=16", f"train.init_from={best}")
     with pytest.raises(SystemExit, match="does not exist"):
