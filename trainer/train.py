@@ -182,15 +182,16 @@ def served(model: GRF, average: AveragedModel | None) -> GRF:
 FINE_TUNABLE = ("dropout", "gate_floor")  # model settings that hold no weight: a fine-tune may change them
 
 
-def weight_settings(model: dict) -> dict:
-    """A model's settings, defaults filled in (a checkpoint older than a setting lacks it), less FINE_TUNABLE."""
-    return {k: v for k, v in to_dict(GRFConfig(**model)).items() if k not in FINE_TUNABLE}
+def weight_settings(model: GRFConfig) -> dict:
+    """A model's settings less FINE_TUNABLE."""
+    return {k: v for k, v in to_dict(model).items() if k not in FINE_TUNABLE}
 
 
 def starting_weights(config: TrainConfig) -> dict:
     """The weights (feature statistics included) of train.init_from, for a fine-tuning run."""
     payload = read_checkpoint(config.train.init_from)
-    if weight_settings(payload["model_config"]) != weight_settings(to_dict(config.model)):
+    # from_dict fills in the defaults of settings a checkpoint older than them lacks
+    if weight_settings(from_dict(GRFConfig, payload["model_config"])) != weight_settings(config.model):
         raise ValueError(f"train.init_from={config.train.init_from} holds another model "
                          f"({payload['model_config']}); fine-tune it with the same model: settings")
     return payload["model_state"]
