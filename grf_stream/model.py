@@ -126,6 +126,8 @@ class GRFOutput:
     contexts: Tensor  # (B, n, d) h_k after each modality (h_1 pooled in `init: sequence` mode)
     gates: Tensor  # (B, n-1, d) update gate z_k of each fusion step
     aux_prediction: Tensor | None = None  # (B,) the auxiliary head on h_2, when configured
+    gate_sigmoids: Tensor | None = None  # (B, n-1, d) the sigmoid of (6) before a floor (6'): how shut a
+    # shut gate is (z = 0 says only that it is under the floor)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -166,9 +168,9 @@ def real_steps(mask: Tensor) -> Tensor:
     return (mask * steps).amax(dim=1).clamp(min=1)
 
 
-def in_length_groups(fn: Callable[..., tuple[Tensor, Tensor]], rows: int, state: Tensor, state_mask: Tensor,
-                     p: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
-    """fn(state, state_mask, p, mask) -> (B, d) pairs, run on sub-batches of about `rows` samples of
+def in_length_groups(fn: Callable[..., tuple[Tensor, ...]], rows: int, state: Tensor, state_mask: Tensor,
+                     p: Tensor, mask: Tensor) -> tuple[Tensor, ...]:
+    """fn(state, state_mask, p, mask) -> (B, d) tensors, run on sub-batches of about `rows` samples of
     similar length, each cut to its longest real step: the result of one call on the whole batch
     (samples are independent, padding is masked), with far less padding attended. The lengths are
     read on the host, so this is for training only (the streaming primitives stay sync-free)."""
@@ -176,15 +178,14 @@ def in_length_groups(fn: Callable[..., tuple[Tensor, Tensor]], rows: int, state:
     order = torch.argsort(steps)  # (B,) shortest first
     groups = order.tensor_split(math.ceil(len(order) / rows))
     cuts = torch.stack([torch.stack([steps[g].max(), state_steps[g].max()]) for g in groups]).tolist()
-    hs, zs = zip(*[fn(state[g, :s], state_mask[g, :s], p[g, :t], mask[g, :t]) for g, (t, s) in zip(groups, cuts)])
+    outputs = zip(*[fn(state[g, :s], state_mask[g, :s], p[g, :t], mask[g, :t]) for g, (t, s) in zip(groups, cuts)])
     back = torch.argsort(order)  # (B,) batch order again
-    return torch.cat(hs)[back], torch.cat(zs)[back]
+    return tuple(torch.cat(output)[back] for output in outputs)
 
 
-def update_gate(logits: Tensor, floor: float) -> Tensor:
+def update_gate(sigmoid: Tensor, floor: float) -> Tensor:
     """(6) or, with a floor f > 0, (6'): the sigmoid stretched so that it reaches 0 and 1 exactly."""
-    z = torch.sigmoid(logits)
-    return ((z - floor) / (1 - 2 * floor)).clamp(0.0, 1.0) if floor > 0 else z
+    return ((sigmoid - floor) / (1 - 2 * floor)).clamp(0.0, 1.0) if floor > 0 else sigmoid
 
 
 def decoder_stack(config: GRFConfig) -> nn.TransformerDecoder:
@@ -255,12 +256,13 @@ class GatedFusionUnit(nn.Module):
         self.norm = nn.LayerNorm(config.d_model)
         self.floor = config.gate_floor
 
-    def forward(self, previous: Tensor, s: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, previous: Tensor, s: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         sm = torch.cat([s, m], dim=-1)  # (B, 2d)
-        z = update_gate(self.gate(sm), self.floor)  # (6) update gate (B, d)
+        sigmoid = torch.sigmoid(self.gate(sm))  # (6) (B, d)
+        z = update_gate(sigmoid, self.floor)  # (6') update gate (B, d); (6) without a floor
         candidate = torch.tanh(self.candidate(sm))  # (7) candidate (B, d)
         h = self.norm(self.dropout((1 - z) * s + z * candidate))  # (8) (B, d); `previous` is not carried
-        return h, z
+        return h, z, sigmoid
 
 
 class KeepingGatedFusionUnit(nn.Module):
@@ -276,15 +278,17 @@ class KeepingGatedFusionUnit(nn.Module):
         self.dropout = nn.Dropout(config.dropout)
         self.floor = config.gate_floor
 
-    def forward(self, previous: Tensor, s: Tensor, m: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, previous: Tensor, s: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         sm = torch.cat([s, m], dim=-1)  # (B, 2d)
-        z = update_gate(self.gate(sm), self.floor)  # (6) update gate (B, d)
+        sigmoid = torch.sigmoid(self.gate(sm))  # (6) (B, d)
+        z = update_gate(sigmoid, self.floor)  # (6') update gate (B, d); (6) without a floor
         candidate = self.dropout(torch.tanh(self.candidate(sm)))  # (7) candidate (B, d)
-        return (1 - z) * previous + z * candidate, z  # (8') (B, d)
+        return (1 - z) * previous + z * candidate, z, sigmoid  # (8') (B, d)
 
 
 class FusionBlock(nn.Module):
-    """Equations (4)-(8): one fusion step, state tokens (B, S, d) + modality (B, T, d) -> (B, d).
+    """Equations (4)-(8): one fusion step, state tokens (B, S, d) + modality (B, T, d) -> (B, d), with the
+    gate z and its sigmoid before a floor (B, d).
 
     In training, a batch of more than `group_rows` samples is fused in sub-batches of similar
     length, each cut to its longest real step (`in_length_groups`): attention costs T^2, and a
@@ -300,12 +304,12 @@ class FusionBlock(nn.Module):
         self.dec_b = decoder_stack(config)
         self.gfu = KeepingGatedFusionUnit(config) if config.gfu == "keep" else GatedFusionUnit(config)
 
-    def forward(self, state: Tensor, state_mask: Tensor, p: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    def forward(self, state: Tensor, state_mask: Tensor, p: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         if self.training and 0 < self.group_rows < p.shape[0]:
             return in_length_groups(self.fuse, self.group_rows, state, state_mask, p, mask)
         return self.fuse(state, state_mask, p, mask)
 
-    def fuse(self, state: Tensor, state_mask: Tensor, p: Tensor, mask: Tensor) -> tuple[Tensor, Tensor]:
+    def fuse(self, state: Tensor, state_mask: Tensor, p: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         state_pad, pad = ~state_mask, ~attendable(mask)
         s = self.dec_a(state, p, tgt_key_padding_mask=state_pad, memory_key_padding_mask=pad)  # (4)
         s = masked_mean(s, state_mask)  # (B, d); a no-op for the one-token context
@@ -321,7 +325,7 @@ class SharedFusion(nn.Module):
         super().__init__()
         self.block = FusionBlock(config)
 
-    def forward(self, state, state_mask, p, mask, modality: str) -> tuple[Tensor, Tensor]:
+    def forward(self, state, state_mask, p, mask, modality: str) -> tuple[Tensor, Tensor, Tensor]:
         return self.block(state, state_mask, p, mask)
 
 
@@ -332,7 +336,7 @@ class PerModalityFusion(nn.Module):
         super().__init__()
         self.blocks = nn.ModuleDict({name: FusionBlock(config) for name in config.order[1:]})
 
-    def forward(self, state, state_mask, p, mask, modality: str) -> tuple[Tensor, Tensor]:
+    def forward(self, state, state_mask, p, mask, modality: str) -> tuple[Tensor, Tensor, Tensor]:
         if modality not in self.blocks:
             raise ValueError(
                 f"share_block=False has fusion blocks for {list(self.blocks)} only (the fixed order "
@@ -430,9 +434,7 @@ class GRF(nn.Module):
 
         A sample whose window has no real step keeps its context, and its gate is 0.
         """
-        mask = self._mask(x, mask)
-        return self._fuse_encoded(context, context_mask, self.encode(self._zero_padding(x, mask), modality), mask,
-                                  modality)
+        return self._fuse_window(context, x, mask, modality, context_mask)[:2]
 
     def predict(self, context: Tensor, context_mask: Tensor | None = None) -> Tensor:
         """(9): the sentiment read from a context, (B,)."""
@@ -461,31 +463,43 @@ class GRF(nn.Module):
         context = self.init_context(x, mask, first)
         # Only a sequence-mode context (B, T, d) has padding of its own to mask.
         context_mask = self._mask(x, mask) if context.dim() == 3 else None
-        contexts, gates = [masked_mean(*self._state_tokens(context, context_mask))], []
+        contexts, gates, sigmoids = [masked_mean(*self._state_tokens(context, context_mask))], [], []
         for modality, x, mask in rest:
-            context, gate = self.fuse_step(context, x, mask, modality, context_mask)
+            context, gate, sigmoid = self._fuse_window(context, x, mask, modality, context_mask)
             context_mask = None  # after a fusion step the context is one token
             contexts.append(context)
             gates.append(gate)
+            sigmoids.append(sigmoid)
         contexts = torch.stack(contexts, dim=1)  # (B, n, d)
         step_predictions = self.head(contexts)  # (9) (B, n)
         after_first_fusion = contexts[:, min(1, contexts.shape[1] - 1)]  # h_2 (h_1 if nothing was fused)
         aux = self.aux_head(after_first_fusion) if self.aux_head is not None else None
         batch, d = contexts.shape[0], contexts.shape[-1]
-        gates = torch.stack(gates, dim=1) if gates else contexts.new_zeros(batch, 0, d)  # (B, n-1, d)
-        return GRFOutput(step_predictions[:, -1], step_predictions, contexts, gates, aux)
+        gates, sigmoids = (torch.stack(g, dim=1) if g else contexts.new_zeros(batch, 0, d)  # (B, n-1, d)
+                           for g in (gates, sigmoids))
+        return GRFOutput(step_predictions[:, -1], step_predictions, contexts, gates, aux, sigmoids)
 
     # -- checks and plumbing -----------------------------------------------------------------
 
+    def _fuse_window(
+        self, context: Tensor, x: Tensor, mask: Tensor | None, modality: str, context_mask: Tensor | None
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """fuse_step, and the gate's sigmoid before a floor."""
+        mask = self._mask(x, mask)
+        return self._fuse_encoded(context, context_mask, self.encode(self._zero_padding(x, mask), modality), mask,
+                                  modality)
+
     def _fuse_encoded(
         self, context: Tensor, context_mask: Tensor | None, p: Tensor, mask: Tensor, modality: str
-    ) -> tuple[Tensor, Tensor]:
-        """(4)-(8) on an encoded window p (B, T, d); a sample with no real step keeps its context."""
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """(4)-(8) on an encoded window p (B, T, d); a sample with no real step keeps its context, and its
+        gate and sigmoid are 0."""
         state, state_mask = self._state_tokens(context, context_mask)
-        h, z = self.fusion(state, state_mask, p, mask, modality)
+        h, z, sigmoid = self.fusion(state, state_mask, p, mask, modality)
         has_data = mask.any(dim=1, keepdim=True)  # (B, 1)
         previous = masked_mean(state, state_mask)  # (B, d)
-        return torch.where(has_data, h, previous), torch.where(has_data, z, torch.zeros_like(z))
+        return (torch.where(has_data, h, previous), torch.where(has_data, z, torch.zeros_like(z)),
+                torch.where(has_data, sigmoid, torch.zeros_like(sigmoid)))
 
     def _steps(self, features: dict[str, Tensor], order: list[str] | None) -> list[str]:
         order = list(order) if order is not None else self.config.order

@@ -255,6 +255,19 @@ def test_a_gate_floor_shuts_gates_near_zero_exactly_and_stretches_the_rest():
     assert_close(gate, torch.full_like(gate, (torch.sigmoid(torch.tensor(0.5)).item() - 0.1) / 0.8))
 
 
+def test_a_pass_reports_each_gates_sigmoid_before_the_floor():
+    """What a gate-sparsity loss reads: how far under the floor a shut gate is, not only that it is shut."""
+    features, masks = make_inputs()
+    floored = make_model(**LIVE, gate_floor=0.2)
+    with torch.no_grad():
+        floored.fusion.block.gfu.gate.bias.fill_(-3.0)  # most gates under the floor, a few over it
+    out = floored.eval()(features, masks)
+    assert_close(out.gates, ((out.gate_sigmoids - 0.2) / 0.6).clamp(0, 1))
+    assert (out.gates == 0).any() and (out.gate_sigmoids > 0).all()
+    plain = make_model(**LIVE).eval()(features, masks)
+    assert torch.equal(plain.gate_sigmoids, plain.gates)
+
+
 def test_the_papers_gfu_with_the_gate_shut_still_rewrites_the_context():
     """(8) carries s', the context after attending to the window: the reason for `gfu: keep`."""
     model = make_model()

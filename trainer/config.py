@@ -63,6 +63,9 @@ class StreamConfig:
     """Loss weight of a phrase step; every other scored step weighs 1."""
     stability: float = 0.0
     """Weight of the mean |change of prediction| over steps without text after the first phrase."""
+    gate_sparsity: float = 0.0
+    """Weight of the mean gate sigmoid (6), before the floor, over the same steps: an L1 push to leave the
+    context alone, whatever the recording."""
 
     def __post_init__(self) -> None:
         if self.batches < 0 or self.max_utterances < 1 or self.window_s <= 0 or self.max_interval_s <= 0:
@@ -73,8 +76,8 @@ class StreamConfig:
             low_high = getattr(self, name)
             if len(low_high) != 2 or not 0 <= low_high[0] <= low_high[1]:
                 raise ValueError(f"train.streams.{name}={low_high} must be [low, high] with 0 <= low <= high")
-        if self.text_weight <= 0 or self.stability < 0:
-            raise ValueError("train.streams: text_weight > 0 and stability >= 0")
+        if self.text_weight <= 0 or self.stability < 0 or self.gate_sparsity < 0:
+            raise ValueError("train.streams: text_weight > 0, stability >= 0 and gate_sparsity >= 0")
 
 
 @dataclass
@@ -107,6 +110,9 @@ class RegimeConfig:
     init_from: str = ""
     """Start from the weights of this checkpoint (a run's best.pt, same model config) instead of a random
     start, to fine-tune it; the optimizer, schedule and epochs start afresh. --resume takes precedence."""
+    tune_only: list[str] = field(default_factory=list)
+    """With init_from: train only the parameters whose names start with one of these (e.g.
+    fusion.block.gfu.gate); the rest keep init_from's values. Empty = all of them."""
 
     def __post_init__(self) -> None:
         if self.order not in ORDER_MODES:
@@ -119,6 +125,8 @@ class RegimeConfig:
             raise ValueError(f"train.select={self.select!r} is not one of {SELECT_MODES}")
         if not 0 <= self.window_p <= 1:
             raise ValueError(f"train.window_p={self.window_p} must be in [0, 1]")
+        if self.tune_only and not self.init_from:
+            raise ValueError("train.tune_only fine-tunes part of a trained model: set train.init_from too")
         for m, steps in self.window_steps.items():
             if steps <= 0:
                 raise ValueError(f"train.window_steps.{m}={steps} must be positive")

@@ -98,14 +98,22 @@ def stream_batch(videos: dict[str, list[Utterance]], track: MediaTrack, config: 
 
 
 def stream_loss(output: GRFOutput, batch: StreamBatch, config: StreamConfig) -> Tensor:
-    """Weighted L1 of every scored step against the latest phrase's label, plus the stability term:
-    the mean |change of prediction| over the scored steps that carry no text."""
+    """Weighted L1 of every scored step against the latest phrase's label, plus two terms over the
+    scored steps that carry no text: stability, their mean |change of prediction|, and gate_sparsity,
+    their mean gate sigmoid (6)."""
     y, weights = output.step_predictions, batch.weights  # (B, S)
     total = (weights * (y - batch.targets).abs()).sum() / weights.sum().clamp(min=1.0)
+    quiet = ((weights[:, 1:] > 0) & ~batch.text[:, 1:]).float()  # (B, S-1), the fusion steps of output.gates
+    quiet_steps = quiet.sum().clamp(min=1.0)
     if config.stability:
-        quiet = ((weights[:, 1:] > 0) & ~batch.text[:, 1:]).float()  # (B, S-1)
         moved = (y[:, 1:] - y[:, :-1]).abs()
-        total = total + config.stability * (quiet * moved).sum() / quiet.sum().clamp(min=1.0)
+        total = total + config.stability * (quiet * moved).sum() / quiet_steps
+    if config.gate_sparsity:
+        # The sigmoid before the floor, not z: an L1 push on z stops once a gate is shut, just under the
+        # floor, where windows of a recording never seen in training open it again. The sigmoid keeps
+        # being pushed down, away from the floor.
+        sigmoids = output.gate_sigmoids.mean(dim=-1)  # (B, S-1)
+        total = total + config.gate_sparsity * (quiet * sigmoids).sum() / quiet_steps
     return total
 
 

@@ -197,6 +197,20 @@ def starting_weights(config: TrainConfig) -> dict:
     return payload["model_state"]
 
 
+def trained_parameters(model: GRF, prefixes: list[str]) -> list[torch.nn.Parameter]:
+    """The parameters named by train.tune_only (all without it); the others are frozen."""
+    if not prefixes:
+        return list(model.parameters())
+    names = [name for name, _ in model.named_parameters()]
+    unmatched = [p for p in prefixes if not any(n.startswith(p) for n in names)]
+    if unmatched:
+        raise ValueError(f"train.tune_only: {unmatched[0]!r} names no parameter of this model; "
+                         f"its parameters are {sorted({n.rsplit('.', 1)[0] for n in names})}")
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(any(name.startswith(p) for p in prefixes))
+    return [p for p in model.parameters() if p.requires_grad]
+
+
 def restore(path: str | None, model: GRF, optimizer, average: AveragedModel | None) -> Progress:
     if not path:
         return Progress()
@@ -237,7 +251,8 @@ def train_func(loop_config: dict) -> None:
         set_feature_statistics(model, first_epoch)
     if config.train.init_from:
         model.load_state_dict(starting_weights(config))
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.optim.lr, weight_decay=config.optim.weight_decay)
+    trained = trained_parameters(model, config.train.tune_only)
+    optimizer = torch.optim.AdamW(trained, lr=config.optim.lr, weight_decay=config.optim.weight_decay)
     average = weight_average(model, config.optim.ema)
     progress = restore(loop_config.get("resume_from"), model, optimizer, average)
     # Wraps in DDP when there are several workers; missing modalities leave some weights unused.
@@ -407,6 +422,7 @@ def main(argv: list[str] | None = None) -> None:
     if config.train.init_from:
         try:  # here, before Ray starts: a worker's error would come back buried in a traceback
             starting_weights(config)
+            trained_parameters(GRF(config.model), config.train.tune_only)
         except (FileNotFoundError, ValueError) as error:
             raise SystemExit(str(error)) from None
     if not ray.is_initialized():

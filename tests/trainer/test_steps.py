@@ -103,3 +103,14 @@ def test_stream_loss_scores_the_latest_phrase_and_the_stability_term_counts_quie
     assert stream_loss(out, batch, StreamConfig()).item() == pytest.approx(l1)
     moved = (0.5 + 1.0) / 2  # the video and last audio steps; not the phrases, not the step before any
     assert stream_loss(out, batch, StreamConfig(stability=0.5)).item() == pytest.approx(l1 + 0.5 * moved)
+
+
+def test_gate_sparsity_term_is_the_mean_gate_sigmoid_of_quiet_scored_steps():
+    y = torch.tensor([[0.0, 1.0, 1.5, 3.0, 2.0]])  # steps: audio, text, video, text, audio
+    batch = StreamBatch([], torch.tensor([[0.0, 2.0, 2.0, 2.5, 2.5]]), torch.tensor([[0.0, 2.0, 1.0, 2.0, 1.0]]),
+                        torch.tensor([[False, True, False, True, False]]), [[0, 1, 2, 3, 4]])
+    sigmoids = torch.tensor([[0.9, 0.2, 0.7, 0.4]])[..., None].expand(1, 4, 4)  # fusion steps 1-4, dims alike
+    out = GRFOutput(y[:, -1], y, torch.zeros(1, 5, 4), torch.zeros(1, 4, 4), gate_sigmoids=sigmoids)
+    plain = stream_loss(out, batch, StreamConfig()).item()
+    quiet_gate = (0.2 + 0.4) / 2  # the video and last audio steps; the phrases' gates are free
+    assert stream_loss(out, batch, StreamConfig(gate_sparsity=2.0)).item() == pytest.approx(plain + 2.0 * quiet_gate)

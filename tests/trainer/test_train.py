@@ -157,6 +157,11 @@ def test_live_streams_train_choose_by_the_live_replay_and_resume_exactly(tmp_pat
     assert best["run_config"]["train"]["select"] == "live" and all(v > 0 for v in live.values())
 
 
+def test_tuning_part_of_a_model_needs_the_model_to_start_from():
+    with pytest.raises(ValueError, match="set train.init_from too"):
+        load_config(TrainConfig, TINY, ["train.tune_only=[head]"])
+
+
 def test_live_training_needs_a_timed_store_and_recordings(tmp_path):
     with pytest.raises(ValueError, match="need a timed feature store"):
         load_config(TrainConfig, TINY, ["train.streams.batches=1"])
@@ -174,6 +179,15 @@ def test_a_run_fine_tunes_from_another_runs_weights_and_refuses_another_model(tm
     # Settings that hold no weight may change in a fine-tune; the gate floor is one.
     floored = run(tmp_path, "floored", "train.epochs=1", "model.gate_floor=0.05", f"train.init_from={best}")
     assert torch.load(floored / "checkpoints" / "best.pt", weights_only=False)["model_config"]["gate_floor"] == 0.05
+    # train.tune_only trains the parameters it names and leaves the others exactly as they were.
+    gate = "fusion.block.gfu.gate"
+    part = run(tmp_path, "part", "train.epochs=1", "optim.warmup_epochs=0", f"train.init_from={best}",
+               f"train.tune_only=[{gate}]")
+    before, after = (torch.load(p, weights_only=False)["model_state"] for p in (best, part / "checkpoints" / "best.pt"))
+    assert not torch.equal(before[f"{gate}.weight"], after[f"{gate}.weight"])
+    assert all(torch.equal(before[k], after[k]) for k in before if not k.startswith(gate))
+    with pytest.raises(SystemExit, match="'fusion.gate' names no parameter of this model"):
+        run(tmp_path, "nothing_named", f"train.init_from={best}", "train.tune_only=[fusion.gate]")
     with pytest.raises(SystemExit, match="holds another model"):
         run(tmp_path, "other", "model.d_model=16", f"train.init_from={best}")
     with pytest.raises(SystemExit, match="does not exist"):
