@@ -56,10 +56,15 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return payload
 
 
-def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[GRF, FeatureSpec, dict[str, Any]]:
-    """(model in eval mode, its feature spec, the whole checkpoint) from a checkpoint file."""
+def load_model(path: str | Path, device: str | torch.device = "cpu",
+               gate_floors: dict[str, float] | None = None) -> tuple[GRF, FeatureSpec, dict[str, Any]]:
+    """(model in eval mode, its feature spec, the whole checkpoint) from a checkpoint file; `gate_floors`
+    replace the checkpoint's per-modality floors of (6') (a floor holds no weight)."""
     payload = read_checkpoint(path)
-    model = GRF(from_dict(GRFConfig, payload["model_config"]))
+    config = dict(payload["model_config"])
+    if gate_floors is not None:
+        config["gate_floors"] = gate_floors
+    model = GRF(from_dict(GRFConfig, config))
     model.load_state_dict(payload["model_state"])
     spec = FeatureSpec.from_dict(payload["feature_spec"])
     return model.to(device).eval(), spec, payload

@@ -21,7 +21,8 @@ Two variants for streams that run for minutes (chosen in `__init__` like the oth
          new window, so no gate value can shut an uninformative step out; here one can.
     (6') z_k = clamp((sigmoid(W_z [s'; m'] + b_z) - f) / (1 - 2f), 0, 1)   (`gate_floor: f`): a gate
          that sigmoid leaves within f of 0 or 1 is shut or open exactly. A sigmoid never reaches 0,
-         so without it every step of a live stream moves the context a little.
+         so without it every step of a live stream moves the context a little. A modality may have
+         a floor of its own (`gate_floors`).
 
 N_m is the identity, or with `feature_norm` a standardisation (X_m - mu_m) / sigma_m whose
 statistics the trainer measures on the training data and the checkpoint keeps: raw extractor
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Callable
 
 import torch
@@ -77,6 +79,9 @@ class GRFConfig:
     """What the gate carries: 'attended' s' as in (8) (the paper), or 'keep' h_{k-1} itself (8')."""
     gate_floor: float = 0.0
     """f of (6'): gates the sigmoid puts within f of 0 (or 1) are exactly 0 (or 1); 0 = the paper's (6)."""
+    gate_floors: dict[str, float] = field(default_factory=dict)
+    """A modality's own f of (6') for its fusion steps, instead of gate_floor (e.g. a higher one for the
+    audio and video windows of a live stream, which carry far less sentiment than a phrase)."""
     modality_embedding: bool = True
     """Add a learned e_m in (1) so the shared block knows what it is fusing (any-order fusion)."""
     order: list[str] | None = None
@@ -106,8 +111,13 @@ class GRFConfig:
             raise ValueError(f"init={self.init!r} is not one of {INIT_MODES}")
         if self.gfu not in GFU_MODES:
             raise ValueError(f"gfu={self.gfu!r} is not one of {GFU_MODES}")
-        if not 0.0 <= self.gate_floor < 0.5:
-            raise ValueError(f"gate_floor={self.gate_floor} must be in [0, 0.5)")
+        floors = {"gate_floor": self.gate_floor} | {f"gate_floors.{m}": f for m, f in self.gate_floors.items()}
+        for name, floor in floors.items():
+            if not 0.0 <= floor < 0.5:
+                raise ValueError(f"{name}={floor} must be in [0, 0.5)")
+        unknown = sorted(set(self.gate_floors) - set(self.modalities))
+        if unknown:
+            raise ValueError(f"gate_floors names {unknown}, which is not one of the modalities {list(self.modalities)}")
         if self.init == "learned" and not self.share_block:
             raise ValueError("init=learned fuses the first modality with the block too: it needs share_block=true")
         self.order = list(self.order) if self.order is not None else list(self.modalities)
@@ -115,6 +125,10 @@ class GRFConfig:
             raise ValueError(f"order {self.order} must list each of {list(self.modalities)} exactly once")
         if self.aux_head and len(self.order) < 2:
             raise ValueError("aux_head reads the state after the first fusion step: it needs two modalities")
+
+    def floor(self, modality: str) -> float:
+        """f of (6') for the fusion steps of `modality`."""
+        return self.gate_floors.get(modality, self.gate_floor)
 
 
 @dataclass
@@ -183,9 +197,11 @@ def in_length_groups(fn: Callable[..., tuple[Tensor, ...]], rows: int, state: Te
     return tuple(torch.cat(output)[back] for output in outputs)
 
 
-def update_gate(sigmoid: Tensor, floor: float) -> Tensor:
-    """(6) or, with a floor f > 0, (6'): the sigmoid stretched so that it reaches 0 and 1 exactly."""
-    return ((sigmoid - floor) / (1 - 2 * floor)).clamp(0.0, 1.0) if floor > 0 else sigmoid
+def update_gate(logits: Tensor, floor: float) -> tuple[Tensor, Tensor]:
+    """(6) or, with a floor f > 0, (6'): the gate z, the sigmoid stretched so that it reaches 0 and 1
+    exactly, and the sigmoid itself."""
+    sigmoid = torch.sigmoid(logits)
+    return (((sigmoid - floor) / (1 - 2 * floor)).clamp(0.0, 1.0) if floor > 0 else sigmoid), sigmoid
 
 
 def decoder_stack(config: GRFConfig) -> nn.TransformerDecoder:
@@ -254,12 +270,11 @@ class GatedFusionUnit(nn.Module):
         self.candidate = nn.Linear(2 * config.d_model, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
         self.norm = nn.LayerNorm(config.d_model)
-        self.floor = config.gate_floor
+        self.floors = {m: config.floor(m) for m in config.modalities}
 
-    def forward(self, previous: Tensor, s: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, previous: Tensor, s: Tensor, m: Tensor, modality: str) -> tuple[Tensor, Tensor, Tensor]:
         sm = torch.cat([s, m], dim=-1)  # (B, 2d)
-        sigmoid = torch.sigmoid(self.gate(sm))  # (6) (B, d)
-        z = update_gate(sigmoid, self.floor)  # (6') update gate (B, d); (6) without a floor
+        z, sigmoid = update_gate(self.gate(sm), self.floors[modality])  # (6') (B, d); (6) without a floor
         candidate = torch.tanh(self.candidate(sm))  # (7) candidate (B, d)
         h = self.norm(self.dropout((1 - z) * s + z * candidate))  # (8) (B, d); `previous` is not carried
         return h, z, sigmoid
@@ -276,12 +291,11 @@ class KeepingGatedFusionUnit(nn.Module):
         self.gate = nn.Linear(2 * config.d_model, config.d_model)
         self.candidate = nn.Linear(2 * config.d_model, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
-        self.floor = config.gate_floor
+        self.floors = {m: config.floor(m) for m in config.modalities}
 
-    def forward(self, previous: Tensor, s: Tensor, m: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, previous: Tensor, s: Tensor, m: Tensor, modality: str) -> tuple[Tensor, Tensor, Tensor]:
         sm = torch.cat([s, m], dim=-1)  # (B, 2d)
-        sigmoid = torch.sigmoid(self.gate(sm))  # (6) (B, d)
-        z = update_gate(sigmoid, self.floor)  # (6') update gate (B, d); (6) without a floor
+        z, sigmoid = update_gate(self.gate(sm), self.floors[modality])  # (6') (B, d); (6) without a floor
         candidate = self.dropout(torch.tanh(self.candidate(sm)))  # (7) candidate (B, d)
         return (1 - z) * previous + z * candidate, z, sigmoid  # (8') (B, d)
 
@@ -304,18 +318,20 @@ class FusionBlock(nn.Module):
         self.dec_b = decoder_stack(config)
         self.gfu = KeepingGatedFusionUnit(config) if config.gfu == "keep" else GatedFusionUnit(config)
 
-    def forward(self, state: Tensor, state_mask: Tensor, p: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def forward(self, state: Tensor, state_mask: Tensor, p: Tensor, mask: Tensor,
+                modality: str) -> tuple[Tensor, Tensor, Tensor]:
         if self.training and 0 < self.group_rows < p.shape[0]:
-            return in_length_groups(self.fuse, self.group_rows, state, state_mask, p, mask)
-        return self.fuse(state, state_mask, p, mask)
+            return in_length_groups(partial(self.fuse, modality=modality), self.group_rows, state, state_mask, p, mask)
+        return self.fuse(state, state_mask, p, mask, modality)
 
-    def fuse(self, state: Tensor, state_mask: Tensor, p: Tensor, mask: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+    def fuse(self, state: Tensor, state_mask: Tensor, p: Tensor, mask: Tensor,
+             modality: str) -> tuple[Tensor, Tensor, Tensor]:
         state_pad, pad = ~state_mask, ~attendable(mask)
         s = self.dec_a(state, p, tgt_key_padding_mask=state_pad, memory_key_padding_mask=pad)  # (4)
         s = masked_mean(s, state_mask)  # (B, d); a no-op for the one-token context
         m = self.dec_b(p, state, tgt_key_padding_mask=pad, memory_key_padding_mask=state_pad)  # (5)
         m = masked_mean(m, mask)  # (5) (B, d)
-        return self.gfu(masked_mean(state, state_mask), s, m)  # (6)-(8)
+        return self.gfu(masked_mean(state, state_mask), s, m, modality)  # (6)-(8)
 
 
 class SharedFusion(nn.Module):
@@ -326,7 +342,7 @@ class SharedFusion(nn.Module):
         self.block = FusionBlock(config)
 
     def forward(self, state, state_mask, p, mask, modality: str) -> tuple[Tensor, Tensor, Tensor]:
-        return self.block(state, state_mask, p, mask)
+        return self.block(state, state_mask, p, mask, modality)
 
 
 class PerModalityFusion(nn.Module):
@@ -342,7 +358,7 @@ class PerModalityFusion(nn.Module):
                 f"share_block=False has fusion blocks for {list(self.blocks)} only (the fixed order "
                 f"after its first modality); cannot fuse {modality!r} as a later step"
             )
-        return self.blocks[modality](state, state_mask, p, mask)
+        return self.blocks[modality](state, state_mask, p, mask, modality)
 
 
 # A start turns the first projected modality p (B, T, d) with its mask into the first context;

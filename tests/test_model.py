@@ -255,6 +255,26 @@ def test_a_gate_floor_shuts_gates_near_zero_exactly_and_stretches_the_rest():
     assert_close(gate, torch.full_like(gate, (torch.sigmoid(torch.tensor(0.5)).item() - 0.1) / 0.8))
 
 
+def test_a_modality_with_a_floor_of_its_own_is_shut_where_the_others_are_not():
+    """gate_floors: the same gate sigmoid shuts an audio step under its higher floor and opens a text step."""
+    model = make_model(**LIVE, gate_floor=0.1, gate_floors={"audio": 0.4})
+    features, masks = make_inputs()
+    context = model.init_context(features["vision"], masks["vision"], "vision")
+    with torch.no_grad():
+        model.fusion.block.gfu.gate.weight.zero_()
+        model.fusion.block.gfu.gate.bias.fill_(0.0)  # sigmoid 0.5 everywhere
+    kept, audio_gate = model.fuse_step(context, features["audio"], masks["audio"], "audio")
+    _, text_gate = model.fuse_step(context, features["text"], masks["text"], "text")
+    assert_close(audio_gate, torch.full_like(audio_gate, (0.5 - 0.4) / 0.2))
+    assert_close(text_gate, torch.full_like(text_gate, (0.5 - 0.1) / 0.8))
+    with torch.no_grad():
+        model.fusion.block.gfu.gate.bias.fill_(-0.6)  # sigmoid 0.354: under audio's floor, over text's
+    kept, audio_gate = model.fuse_step(context, features["audio"], masks["audio"], "audio")
+    _, text_gate = model.fuse_step(context, features["text"], masks["text"], "text")
+    assert (audio_gate == 0).all() and torch.equal(kept, context)
+    assert_close(text_gate, torch.full_like(text_gate, (torch.sigmoid(torch.tensor(-0.6)).item() - 0.1) / 0.8))
+
+
 def test_a_pass_reports_each_gates_sigmoid_before_the_floor():
     """What a gate-sparsity loss reads: how far under the floor a shut gate is, not only that it is shut."""
     features, masks = make_inputs()
@@ -380,6 +400,10 @@ def test_config_rejects_bad_values():
         GRFConfig(order=["text", "audio"])
     with pytest.raises(ValueError, match=r"gate_floor=0.5 must be in \[0, 0.5\)"):
         GRFConfig(gate_floor=0.5)
+    with pytest.raises(ValueError, match=r"gate_floors.audio=0.6 must be in \[0, 0.5\)"):
+        GRFConfig(gate_floors={"audio": 0.6})
+    with pytest.raises(ValueError, match=r"gate_floors names \['speech'\], which is not one of the modalities"):
+        GRFConfig(gate_floors={"speech": 0.3})
 
 
 # -- pinned numerics and checkpoint keys ---------------------------------------------------------

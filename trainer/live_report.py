@@ -3,6 +3,7 @@
     python -m trainer.live_report                          # the packaged model, test split
     python -m trainer.live_report --checkpoint runs/mosi_live/checkpoints/best.pt --split valid
     python -m trainer.live_report --media DIR --window-s 0.5 --json live.json
+    python -m trainer.live_report --split valid --gate-floors audio=0.45 video=0.45   # other gate floors
 
 Each video of the split is one stream (grf_stream/data/streams.py): its utterances at their CSV
 times, each phrase a text step when its utterance ends, and audio and video windows of real,
@@ -39,7 +40,7 @@ from grf_stream.default_model import SHIPPED
 from grf_stream.metrics import sentiment_metrics
 from grf_stream.model import GRF
 from grf_stream.serving.engine import FusionService, StepRequest
-from trainer.mosi_report import report_arguments
+from trainer.mosi_report import measured_model, report_arguments, with_floors
 
 WINDOW_S = 1.0  # the client's default --window-s
 COLUMNS = (("Phrase MAE", "phrase_mae"), ("Corr", "phrase_corr"), ("Acc-7", "phrase_acc7"),
@@ -189,18 +190,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     streams = live_streams(args.store, args.split, args.media, args.window_s)
-    measured = f"GRF {args.checkpoint.name}"
-    models = {measured: args.checkpoint}
-    if args.checkpoint.resolve() != SHIPPED.resolve():
-        models["GRF packaged default.pt"] = SHIPPED
-    predictions = {name: replay(load_model(path)[0], streams) for name, path in models.items()}
+    measured = f"GRF {args.checkpoint.name}{with_floors(args)}"
+    models = {measured: measured_model(args)[0]}
+    if args.checkpoint.resolve() != SHIPPED.resolve() or args.gate_floors:
+        models["GRF packaged default.pt"] = load_model(SHIPPED)[0]
+    predictions = {name: replay(model, streams) for name, model in models.items()}
     rows = {name: live_metrics(streams, values) for name, values in predictions.items()}
     rows.update(reference_rows(streams, args.store, args.split))
     phrases = sum(len(s.labels) for s in streams)
     windows = sum(len(s.steps) for s in streams) - phrases
     minutes = sum(s.seconds for s in streams) / 60
-    print(f"{args.checkpoint} live on {args.store} [{args.split}]: {len(streams)} videos, {minutes:.0f} min, "
-          f"{phrases} phrases, {windows} audio/video steps of {args.window_s:g} s from {args.media}\n")
+    print(f"{args.checkpoint}{with_floors(args)} live on {args.store} [{args.split}]: {len(streams)} videos, "
+          f"{minutes:.0f} min, {phrases} phrases, {windows} audio/video steps of {args.window_s:g} s from {args.media}\n")
     print(markdown(rows, f"{args.split} split, live ({len(streams)} videos)"))
     held = holding(streams, predictions[measured])
     print(f"\n{measured} before the first phrase: {held['before_first_min']:+.2f} to "

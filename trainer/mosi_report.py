@@ -3,6 +3,7 @@
     python -m trainer.mosi_report                       # the packaged model, runs/mosi_text, ../shared/data/media
     python -m trainer.mosi_report --checkpoint runs/mosi_text/checkpoints/best.pt --json report.json
     python -m trainer.mosi_report --checkpoint CKPT --split valid   # to choose between runs
+    python -m trainer.mosi_report --gate-floors audio=0.45 video=0.45   # the checkpoint with other gate floors
 
 Every row but MulT's is measured here on the standard test split (686 utterances):
 - GRF as served with the segment policy: audio, then video, then text, one step each. In a stream
@@ -28,6 +29,7 @@ import numpy as np
 
 from grf_stream.baselines.ridge import fit_on_validation, mean_pooled
 from grf_stream.checkpoint import load_model
+from grf_stream.config import ConfigError
 from grf_stream.data import DataConfig, DistractorConfig, FeatureSpec, Sample, evaluation_form, load_distractors, load_split
 from grf_stream.default_model import SHIPPED
 from grf_stream.metrics import sentiment_metrics
@@ -93,13 +95,46 @@ def report_arguments(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--split", default="test", choices=("test", "valid"),
                         help="valid: to choose between runs without looking at the test split")
     parser.add_argument("--json", type=Path, help="also write every number here")
+    parser.add_argument("--gate-floors", nargs="+", type=gate_floor_item, metavar="MODALITY=FLOOR",
+                        help="measure the checkpoint with these per-modality gate floors (model.gate_floors) "
+                             "instead of its own, e.g. audio=0.45 video=0.45")
     return parser
+
+
+def gate_floor_item(text: str) -> tuple[str, float]:
+    """'audio=0.45' -> ('audio', 0.45), for --gate-floors."""
+    name, _, value = text.partition("=")
+    try:
+        floor = float(value)
+    except ValueError:
+        floor = None
+    if not name or floor is None:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MODALITY=FLOOR: write e.g. audio=0.45")
+    return name, floor
+
+
+def with_floors(args: argparse.Namespace) -> str:
+    """How a report names --gate-floors after the checkpoint ('' without them)."""
+    floors = ", ".join(f"{name} {floor:g}" for name, floor in args.gate_floors or [])
+    return f" with gate floors {floors}" if floors else ""
+
+
+def measured_model(args: argparse.Namespace) -> tuple[GRF, FeatureSpec]:
+    """The checkpoint a report measures, with --gate-floors in place of its own where given."""
+    floors = dict(args.gate_floors) if args.gate_floors else None
+    try:
+        model, spec, _ = load_model(args.checkpoint, gate_floors=floors)
+    except ConfigError as error:
+        if floors is None:
+            raise
+        raise SystemExit(f"--gate-floors: {error}") from None
+    return model, spec
 
 
 def main(argv: list[str] | None = None) -> None:
     args = report_arguments(__doc__.splitlines()[0]).parse_args(argv)
 
-    model, spec, _ = load_model(args.checkpoint)
+    model, spec = measured_model(args)
     data = DataConfig(format="store", path=args.store, distractors=DistractorConfig(media=args.media))
     stored = {split: load_split(data, split) for split in ("train", "valid", args.split)}
     text_only = stored[args.split]
@@ -107,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
     rows["Ridge on mean-pooled text features (floor)"], alpha = ridge_row(stored, args.split)
     if args.split == "test":  # the published numbers are test-split numbers
         rows["MulT, text+audio+video (published)"] = MULT_PUBLISHED
-    print(f"{args.checkpoint} on {args.store} [{args.split}]; audio and video windows from {args.media}\n")
+    print(f"{args.checkpoint}{with_floors(args)} on {args.store} [{args.split}]; audio and video windows from "
+          f"{args.media}\n")
     print(markdown(rows, args.split, len(text_only)))
     print(f"\nridge alpha {alpha:g} (by validation MAE)" + (f"; MulT: {MULT_SOURCE}" if args.split == "test" else ""))
     for name, value in movement.items():

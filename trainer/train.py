@@ -179,7 +179,8 @@ def served(model: GRF, average: AveragedModel | None) -> GRF:
     return average.module if average is not None else model
 
 
-FINE_TUNABLE = ("dropout", "gate_floor")  # model settings that hold no weight: a fine-tune may change them
+# model settings that hold no weight: a fine-tune may change them
+FINE_TUNABLE = ("dropout", "gate_floor", "gate_floors")
 
 
 def weight_settings(model: GRFConfig) -> dict:

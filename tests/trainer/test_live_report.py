@@ -5,9 +5,12 @@ import pytest
 import torch
 from torch.testing import assert_close
 
+from grf_stream.checkpoint import save_checkpoint
 from grf_stream.data.streams import Stream, StreamStep
 from grf_stream.model import GRF, GRFConfig
+from grf_stream.spec import FeatureSpec
 from trainer.live_report import flip_sizes, latest_phrase, live_metrics, markdown, replay
+from trainer.mosi_report import measured_model, report_arguments
 
 SIZES = {"audio": 3, "video": 2, "text": 4}
 
@@ -69,3 +72,21 @@ def test_replay_steps_every_stream_as_one_session_of_the_fusion_engine():
         for stream, values in zip(streams, replayed):
             steps = [(s.modality, torch.from_numpy(s.features)[None], torch.from_numpy(s.mask)[None]) for s in stream.steps]
             assert_close(torch.from_numpy(values), model.fuse(steps).step_predictions[0], atol=1e-5, rtol=1e-5)
+
+
+def test_a_report_measures_a_checkpoint_with_other_gate_floors_and_the_same_weights(tmp_path, capsys):
+    torch.manual_seed(0)
+    model = GRF(GRFConfig(modalities=dict(SIZES), d_model=8, num_layers=1, num_heads=2, d_ffn=16,
+                          init="learned", gfu="keep", gate_floor=0.2))
+    checkpoint = tmp_path / "best.pt"
+    save_checkpoint(checkpoint, model, FeatureSpec(), {}, {})
+    parser = report_arguments("test")
+    floored, _ = measured_model(parser.parse_args(["--checkpoint", str(checkpoint), "--gate-floors", "audio=0.45", "video=0.4"]))
+    assert floored.config.gate_floors == {"audio": 0.45, "video": 0.4} and floored.config.gate_floor == 0.2
+    for key, value in model.state_dict().items():
+        assert torch.equal(floored.state_dict()[key], value)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--gate-floors", "audio"])
+    assert "'audio' is not MODALITY=FLOOR: write e.g. audio=0.45" in capsys.readouterr().err
+    with pytest.raises(SystemExit, match=r"--gate-floors: .*gate_floors names \['speech'\]"):
+        measured_model(parser.parse_args(["--checkpoint", str(checkpoint), "--gate-floors", "speech=0.3"]))
