@@ -1,13 +1,13 @@
 """The model `python -m grf_stream.serve` runs when it is given no checkpoint.
 
 The checkpoint shipped inside the package (`grf_stream/models/default.pt`, trained by
-configs/train/mosi_text.yaml); without it (a source tree where it was deleted) an UNTRAINED GRF
+configs/train/mosi_live.yaml, with the text read-out of `python -m trainer.readout`); without it (a source tree where it was deleted) an UNTRAINED GRF
 over the extractors' features, built from a fixed seed, so that the server still runs end to end.
 Its predictions carry no meaning, and the server says so when it starts.
 
 A training run's best checkpoint becomes the shipped one with
 
-    python -m grf_stream.default_model runs/mosi_text/checkpoints/best.pt
+    python -m grf_stream.default_model runs/mosi_live/checkpoints/readout.pt
 
 which drops what only training needs and writes the run's paths relative to the project, so the
 file says where its data came from without naming this machine's folders.
@@ -69,7 +69,7 @@ def _relative_paths(value, root: Path):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m grf_stream.default_model",
                                      description="Make a run's checkpoint the model the server loads by default.")
-    parser.add_argument("checkpoint", help="e.g. runs/mosi_text/checkpoints/best.pt")
+    parser.add_argument("checkpoint", help="e.g. runs/mosi_live/checkpoints/readout.pt")
     args = parser.parse_args(argv)
     payload = ship(args.checkpoint)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in payload["metrics"].items() if isinstance(v, float))

@@ -24,6 +24,13 @@ Two variants for streams that run for minutes (chosen in `__init__` like the oth
          so without it every step of a live stream moves the context a little. A modality may have
          a floor of its own (`gate_floors`).
 
+A read-out beside the head (`readout: r`, the transcript in a live stream):
+    (10) y_k = (1 - lam) Head(h_k) + lam * rho_k,  rho_k = w_r . MaskedMean_t(X_r) + b_r, read from
+         the latest window of modality r (rho_0, learned, before the first one). It carries the
+         latest phrase as such from one phrase to the next, where the context also fuses every
+         audio and video window between them; a linear read-out of the pooled text reads it as
+         well as the fused context does, and the two err differently (README, "Reading it").
+
 N_m is the identity, or with `feature_norm` a standardisation (X_m - mu_m) / sigma_m whose
 statistics the trainer measures on the training data and the checkpoint keeps: raw extractor
 output goes in at serving time, whatever its scale (MFCCs reach +-400, face geometry is near 1).
@@ -92,6 +99,11 @@ class GRFConfig:
     """Longest sequence a modality may have (positional-encoding table size)."""
     feature_norm: bool = False
     """Standardise each modality's raw features in (1) with statistics kept in the model (N_m)."""
+    readout: str | None = None
+    """r of (10): a modality whose latest window is also read out linearly into every prediction;
+    None = the head alone (the paper)."""
+    readout_weight: float = 0.5
+    """lam of (10): the read-out's share of a prediction."""
 
     def __post_init__(self) -> None:
         if not self.modalities:
@@ -118,6 +130,10 @@ class GRFConfig:
         unknown = sorted(set(self.gate_floors) - set(self.modalities))
         if unknown:
             raise ValueError(f"gate_floors names {unknown}, which is not one of the modalities {list(self.modalities)}")
+        if self.readout is not None and self.readout not in self.modalities:
+            raise ValueError(f"readout={self.readout!r} is not one of the modalities {list(self.modalities)}")
+        if not 0.0 < self.readout_weight <= 1.0:
+            raise ValueError(f"readout_weight={self.readout_weight} must be in (0, 1]")
         if self.init == "learned" and not self.share_block:
             raise ValueError("init=learned fuses the first modality with the block too: it needs share_block=true")
         self.order = list(self.order) if self.order is not None else list(self.modalities)
@@ -153,6 +169,12 @@ def masked_mean(x: Tensor, mask: Tensor) -> Tensor:
     weights = mask.unsqueeze(-1).to(x.dtype)  # (B, T, 1)
     total = (x * weights).sum(dim=1)  # (B, d)
     return total / weights.sum(dim=1).clamp(min=1.0)
+
+
+def zero_padding(x: Tensor, mask: Tensor) -> Tensor:
+    """Padded steps as zeros: whatever they held (even NaN) must not reach a real output, and a
+    masked attention weight of 0 times NaN is still NaN."""
+    return x.masked_fill(~mask.unsqueeze(-1), 0.0)
 
 
 def sinusoidal_table(length: int, d: int) -> Tensor:
@@ -407,6 +429,30 @@ class Head(nn.Module):
         return self.net(h).squeeze(-1)  # (9) (B,)
 
 
+class Readout(nn.Module):
+    """(10): a linear read-out of the latest window of one modality, blended into the head's prediction."""
+
+    def __init__(self, config: GRFConfig):
+        super().__init__()
+        self.modality, self.weight = config.readout, config.readout_weight
+        self.linear = nn.Linear(config.modalities[config.readout], 1)
+        self.start = nn.Parameter(torch.zeros(()))  # rho_0
+
+    def first(self, batch: int) -> Tensor:
+        """(B,) rho_0: what is read out before any window of the modality."""
+        return self.start.expand(batch)
+
+    def after(self, previous: Tensor, x: Tensor, mask: Tensor, modality: str) -> Tensor:
+        """(B,) rho after a window (x zero-padded): read from it if it is of the modality and has a
+        real step, else `previous`."""
+        if modality != self.modality:
+            return previous
+        return torch.where(mask.any(dim=1), self.linear(masked_mean(x, mask)).squeeze(-1), previous)
+
+    def blend(self, head: Tensor, rho: Tensor) -> Tensor:
+        return (1 - self.weight) * head + self.weight * rho
+
+
 # ---------------------------------------------------------------------------------------------
 # the model
 
@@ -425,6 +471,7 @@ class GRF(nn.Module):
         self.fusion = SharedFusion(config) if config.share_block else PerModalityFusion(config)
         self.head = Head(config)
         self.aux_head = Head(config) if config.aux_head else None
+        self.readout = Readout(config) if config.readout is not None else None
         # Not persistent: it is derived, so checkpoints hold only learned weights.
         self.register_buffer("positions", sinusoidal_table(config.max_len, config.d_model), persistent=False)
 
@@ -441,7 +488,7 @@ class GRF(nn.Module):
             return self._fuse_encoded(context, None, p, mask, modality)[0]
 
         mask = self._mask(x, mask)
-        return self.start(self.encode(self._zero_padding(x, mask), modality), mask, fuse)
+        return self.start(self.encode(zero_padding(x, mask), modality), mask, fuse)
 
     def fuse_step(
         self, context: Tensor, x: Tensor, mask: Tensor | None, modality: str, context_mask: Tensor | None = None
@@ -452,10 +499,22 @@ class GRF(nn.Module):
         """
         return self._fuse_window(context, x, mask, modality, context_mask)[:2]
 
-    def predict(self, context: Tensor, context_mask: Tensor | None = None) -> Tensor:
-        """(9): the sentiment read from a context, (B,)."""
+    def read_out(self, rho: Tensor | None, x: Tensor, mask: Tensor | None, modality: str) -> Tensor | None:
+        """(10)'s rho (B,) after a window, from the one before it (None: before any window, rho_0);
+        None for a model without a read-out."""
+        if self.readout is None:
+            return None
+        mask = self._mask(x, mask)
+        rho = self.readout.first(x.shape[0]) if rho is None else rho
+        return self.readout.after(rho, zero_padding(x, mask), mask, modality)
+
+    def predict(self, context: Tensor, context_mask: Tensor | None = None, rho: Tensor | None = None) -> Tensor:
+        """(9), (10) with a read-out (rho from `read_out`): the sentiment read from a context, (B,)."""
         state, state_mask = self._state_tokens(context, context_mask)
-        return self.head(masked_mean(state, state_mask))
+        y = self.head(masked_mean(state, state_mask))
+        if self.readout is None:
+            return y
+        return self.readout.blend(y, rho if rho is not None else self.readout.first(len(y)))
 
     # -- the whole pass ----------------------------------------------------------------------
 
@@ -480,14 +539,18 @@ class GRF(nn.Module):
         # Only a sequence-mode context (B, T, d) has padding of its own to mask.
         context_mask = self._mask(x, mask) if context.dim() == 3 else None
         contexts, gates, sigmoids = [masked_mean(*self._state_tokens(context, context_mask))], [], []
+        rhos = [self.read_out(None, x, mask, first)]
         for modality, x, mask in rest:
             context, gate, sigmoid = self._fuse_window(context, x, mask, modality, context_mask)
             context_mask = None  # after a fusion step the context is one token
             contexts.append(context)
             gates.append(gate)
             sigmoids.append(sigmoid)
+            rhos.append(self.read_out(rhos[-1], x, mask, modality))
         contexts = torch.stack(contexts, dim=1)  # (B, n, d)
         step_predictions = self.head(contexts)  # (9) (B, n)
+        if self.readout is not None:
+            step_predictions = self.readout.blend(step_predictions, torch.stack(rhos, dim=1))  # (10)
         after_first_fusion = contexts[:, min(1, contexts.shape[1] - 1)]  # h_2 (h_1 if nothing was fused)
         aux = self.aux_head(after_first_fusion) if self.aux_head is not None else None
         batch, d = contexts.shape[0], contexts.shape[-1]
@@ -502,7 +565,7 @@ class GRF(nn.Module):
     ) -> tuple[Tensor, Tensor, Tensor]:
         """fuse_step, and the gate's sigmoid before a floor."""
         mask = self._mask(x, mask)
-        return self._fuse_encoded(context, context_mask, self.encode(self._zero_padding(x, mask), modality), mask,
+        return self._fuse_encoded(context, context_mask, self.encode(zero_padding(x, mask), modality), mask,
                                   modality)
 
     def _fuse_encoded(
@@ -545,12 +608,6 @@ class GRF(nn.Module):
         if mask.shape != x.shape[:2] or mask.dtype != torch.bool:
             raise ValueError(f"mask {tuple(mask.shape)} {mask.dtype}: expected bool {tuple(x.shape[:2])}")
         return mask
-
-    @staticmethod
-    def _zero_padding(x: Tensor, mask: Tensor) -> Tensor:
-        """Padded steps as zeros: whatever they held (even NaN) must not reach a real output, and a
-        masked attention weight of 0 times NaN is still NaN."""
-        return x.masked_fill(~mask.unsqueeze(-1), 0.0)
 
     @staticmethod
     def _state_tokens(context: Tensor, context_mask: Tensor | None) -> tuple[Tensor, Tensor]:

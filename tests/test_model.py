@@ -300,6 +300,39 @@ def test_the_papers_gfu_with_the_gate_shut_still_rewrites_the_context():
     assert (rewritten - context).abs().max() > 0.1
 
 
+def test_a_readout_blends_the_latest_window_of_its_modality_into_every_prediction():
+    """(10): rho_0 until the first text window, then the linear read-out of its masked mean; a
+    sample whose window has no real step keeps the rho it had."""
+    model = make_model(readout="text", readout_weight=0.3)
+    with torch.no_grad():
+        model.readout.start.fill_(0.25)
+    features, masks = make_inputs()
+    masks["text"][2] = False  # the third sample's text window has no real step
+    out = model(features, masks, order=["audio", "text", "vision"])
+    head = model.head(out.contexts)  # (B, 3)
+    pooled = (features["text"] * masks["text"][..., None]).sum(1) / masks["text"].sum(1, keepdim=True).clamp(min=1)
+    read = model.readout.linear(pooled).squeeze(-1)  # (B,)
+    rho = torch.stack([torch.full((3,), 0.25), read, read], dim=1)
+    rho[2, 1:] = 0.25
+    assert_close(out.step_predictions, 0.7 * head + 0.3 * rho)
+    assert_close(out.prediction, out.step_predictions[:, -1])
+
+
+def test_streaming_with_a_readout_equals_forward():
+    model = make_model(readout="text", readout_weight=0.4)
+    features, masks = make_inputs()
+    order = ["vision", "text", "audio"]
+    context = model.init_context(features["vision"], masks["vision"], "vision")
+    rho = model.read_out(None, features["vision"], masks["vision"], "vision")
+    predictions = [model.predict(context, rho=rho)]
+    for name in order[1:]:
+        context, _ = model.fuse_step(context, features[name], masks[name], name)
+        rho = model.read_out(rho, features[name], masks[name], name)
+        predictions.append(model.predict(context, rho=rho))
+    assert_close(torch.stack(predictions, dim=1), model(features, masks, order=order).step_predictions)
+    assert make_model().read_out(None, features["text"], masks["text"], "text") is None  # no read-out, no rho
+
+
 def test_learned_start_fuses_the_first_modality_into_h0_and_keeps_h0_without_data():
     model = make_model(**LIVE)
     features, masks = make_inputs()
@@ -374,6 +407,14 @@ def test_streaming_primitives_compile_whole_and_equal_eager():
         assert_close(new_context, expected_context, atol=1e-5, rtol=1e-5)
         assert_close(gate, expected_gate, atol=1e-5, rtol=1e-5)
         assert_close(predict(new_context), model.predict(expected_context), atol=1e-5, rtol=1e-5)
+    blended = make_model(d_model=16, num_layers=1, num_heads=2, d_ffn=32, readout="audio")
+    read_out = torch.compile(blended.read_out, fullgraph=True)
+    predict = torch.compile(blended.predict, fullgraph=True)
+    with torch.no_grad():
+        rho = read_out(torch.zeros(3), x, mask, "audio")
+        expected_rho = blended.read_out(torch.zeros(3), x, mask, "audio")
+        assert_close(rho, expected_rho, atol=1e-5, rtol=1e-5)
+        assert_close(predict(context, rho=rho), blended.predict(context, rho=expected_rho), atol=1e-5, rtol=1e-5)
 
 # -- errors ------------------------------------------------------------------------------------
 
@@ -404,6 +445,10 @@ def test_config_rejects_bad_values():
         GRFConfig(gate_floors={"audio": 0.6})
     with pytest.raises(ValueError, match=r"gate_floors names \['speech'\], which is not one of the modalities"):
         GRFConfig(gate_floors={"speech": 0.3})
+    with pytest.raises(ValueError, match="readout='speech' is not one of the modalities"):
+        GRFConfig(readout="speech")
+    with pytest.raises(ValueError, match=r"readout_weight=0 must be in \(0, 1\]"):
+        GRFConfig(readout="text", readout_weight=0)
 
 
 # -- pinned numerics and checkpoint keys ---------------------------------------------------------

@@ -38,6 +38,8 @@ SKIPPED = {  # the start of a command -> why it does not run here
                                    "tests/trainer/test_text_tune.py runs it on a small label file",
     "python -m trainer.train --config configs/train/mosi_live.yaml": "50 minutes of training on two cores "
                                                                     "(the trainer runs below on synthetic_tiny)",
+    "python -m trainer.readout --checkpoint runs/mosi_live/": "needs the run above (tests/trainer/test_readout.py "
+                                                            "runs it on a small store)",
     "python -m grf_stream.default_model runs/mosi_live/": "needs the run above",
     "python -m trainer.live_report": "tests/test_readme.py runs it and checks the README's tables against it",
     "python -m trainer.mosi_report": "tests/test_readme.py runs it and checks the README's tables against it",

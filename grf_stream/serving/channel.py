@@ -75,11 +75,12 @@ def _to_array(value: list) -> np.ndarray:
 
 
 def _state(s: FusionState | None) -> list | None:
-    return None if s is None else [None if s.context is None else _array(s.context), s.segment, s.step, s.modalities]
+    return None if s is None else [None if s.context is None else _array(s.context), s.segment, s.step, s.modalities,
+                                   s.rho]
 
 
 def _to_state(v: list | None) -> FusionState | None:
-    return None if v is None else FusionState(None if v[0] is None else _to_array(v[0]), v[1], v[2], list(v[3]))
+    return None if v is None else FusionState(None if v[0] is None else _to_array(v[0]), v[1], v[2], list(v[3]), v[4])
 
 
 def _request(r: StepRequest) -> list:
@@ -92,11 +93,12 @@ def _to_request(v: list) -> StepRequest:
 
 def _result(r: StepResult) -> list:
     context = None if r.context is None else _array(r.context)
-    return [r.session, r.seq, r.segment, r.step, r.modality, list(r.modalities), r.value, r.gate, context]
+    return [r.session, r.seq, r.segment, r.step, r.modality, list(r.modalities), r.value, r.gate, context, r.rho]
 
 
 def _to_result(v: list) -> StepResult:
-    return StepResult(v[0], v[1], v[2], v[3], v[4], tuple(v[5]), v[6], v[7], None if v[8] is None else _to_array(v[8]))
+    return StepResult(v[0], v[1], v[2], v[3], v[4], tuple(v[5]), v[6], v[7], None if v[8] is None else _to_array(v[8]),
+                      v[9])
 
 
 # method -> (arguments to the wire, from the wire; result to the wire, from the wire)

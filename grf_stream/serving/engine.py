@@ -41,11 +41,13 @@ class FusionState:
     segment: int = 0
     step: int = 0  # steps fused in this segment
     modalities: list[str] = field(default_factory=list)  # the context holds these, in first-fused order
+    rho: Any = None  # (10)'s read-out of the latest window of its modality (a 0-d tensor on the service's
+    # device, a float in the front-end's copy); None before any, or for a model without a read-out
 
     @classmethod
     def after(cls, result: "StepResult") -> "FusionState":
         """The state a step left its session in, as its result tells it (the context as numpy)."""
-        return cls(result.context, result.segment, result.step, list(result.modalities))
+        return cls(result.context, result.segment, result.step, list(result.modalities), result.rho)
 
     def snapshot(self) -> "FusionState":
         """A copy to restore after a failed call. Shallow is enough: a step replaces `context` with a
@@ -55,8 +57,8 @@ class FusionState:
     def reset(self, segment: int, carry_context: bool) -> None:
         """A new segment: the context starts afresh unless the session carries it over."""
         self.segment, self.step, self.modalities = segment, 0, []
-        if not carry_context:
-            self.context = None
+        if not carry_context:  # the read-out goes with the context: a new segment has said nothing yet
+            self.context, self.rho = None, None
 
 
 @dataclass(frozen=True)
@@ -82,6 +84,7 @@ class StepResult:
     gate: float  # mean update gate z of the step (0 for a segment's first step)
     context: np.ndarray | None  # (d,) the new context, on the host: the front-end's copy for re-seeding;
     # None while the segment has heard nothing real (its first windows had no real row)
+    rho: float | None = None  # (10)'s read-out after the step, for the same copy (None: the model has none)
 
 
 class FusionService:
@@ -103,9 +106,10 @@ class FusionService:
         """Start a session, or re-seed it from the front-end's copy after this service restarted."""
         if state is None:
             state = FusionState()
-        else:  # a state of its own (the copy stays the front-end's), its context on the device
+        else:  # a state of its own (the copy stays the front-end's), its context and read-out on the device
             context = None if state.context is None else torch.as_tensor(state.context, device=self.device)
-            state = dataclasses.replace(state, context=context, modalities=list(state.modalities))
+            rho = None if state.rho is None else torch.tensor(state.rho, dtype=torch.float32, device=self.device)
+            state = dataclasses.replace(state, context=context, modalities=list(state.modalities), rho=rho)
         self.states[session] = state
 
     def end_segment(self, session: str, carry_context: bool = False) -> int:
@@ -185,22 +189,34 @@ class FusionService:
         else:
             previous = torch.stack([s.context for s in states])  # already on the device
             context, gate = self.model.fuse_step(previous, x, mask, modality)  # (4)-(8)
-        values = self.model.predict(context).cpu().numpy()  # (9)
+        rho = self._read_out(states, x, mask, modality)  # (10), None without a read-out
+        values = self.model.predict(context, rho=rho).cpu().numpy()  # (9)
         copies = context.cpu().numpy()  # one transfer for the whole group: the front-end's copies
         gates = gate.mean(dim=-1).cpu().numpy()
-        return [self._advance(r, s, context[i], copies[i], values[i], gates[i])
+        rhos = (rho, rho.cpu().numpy()) if rho is not None else ([None] * len(group),) * 2
+        return [self._advance(r, s, context[i], copies[i], values[i], gates[i], rhos[0][i], rhos[1][i])
                 for i, (r, s) in enumerate(zip(group, states))]
 
+    def _read_out(self, states: list[FusionState], x: torch.Tensor, mask: torch.Tensor, modality: str):
+        """(B,) each session's read-out of (10) after this window; None for a model without one."""
+        if self.model.readout is None:
+            return None
+        first = self.model.readout.first(1)[0]
+        previous = torch.stack([s.rho if s.rho is not None else first for s in states])
+        return self.model.read_out(previous, x, mask, modality)
+
     def _advance(self, request: StepRequest, state: FusionState, context: torch.Tensor, copy: np.ndarray,
-                 value, gate) -> StepResult:
+                 value, gate, rho: torch.Tensor | None, rho_copy) -> StepResult:
         heard = state.context is not None or bool(request.mask.any())
         if heard:  # a first window with no real row (no face) starts nothing: the next real one starts the context
             state.context = context
             if request.modality not in state.modalities:
                 state.modalities.append(request.modality)
         state.step += 1
+        state.rho = rho
         return StepResult(request.session, request.seq, state.segment, state.step, request.modality,
-                          tuple(state.modalities), float(value), float(gate), copy if heard else None)
+                          tuple(state.modalities), float(value), float(gate), copy if heard else None,
+                          None if rho_copy is None else float(rho_copy))
 
     def _pad(self, group: list[StepRequest]) -> tuple[torch.Tensor, torch.Tensor]:
         x, mask = pad([r.features for r in group], [r.mask for r in group])  # (B, T, d), (B, T)

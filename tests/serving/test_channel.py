@@ -19,8 +19,10 @@ SIZES = {"text": 12, "audio": 5}
 
 @pytest.fixture
 def service():
+    """A model with the read-out of (10): its results and states carry a rho over the wire too."""
     torch.manual_seed(0)
-    return FusionService(GRF(GRFConfig(modalities=SIZES, d_model=32, num_layers=1, num_heads=2, d_ffn=64)).eval())
+    config = GRFConfig(modalities=SIZES, d_model=32, num_layers=1, num_heads=2, d_ffn=64, readout="text")
+    return FusionService(GRF(config).eval())
 
 
 @pytest.fixture
@@ -68,7 +70,7 @@ def over_the_channel(address, calls):
 
 def test_calls_and_replies_survive_the_wire_exactly():
     rng = np.random.default_rng(0)
-    state = FusionState(rng.standard_normal(32).astype(np.float32), 2, 5, ["audio", "text"])
+    state = FusionState(rng.standard_normal(32).astype(np.float32), 2, 5, ["audio", "text"], float(np.float32(0.3)))
     step = requests(rng, ["a", "b"], "audio", 7)
     for method, args in [("open", ("a", state)), ("open", ("a", None)), ("step", (step,)),
                          ("end_segment", ("a", True)), ("close", ("a",))]:
@@ -89,8 +91,9 @@ def test_steps_over_the_channel_equal_the_service_called_directly(server):
                                             ("step", (first,)), ("step", (later,))])
     served = got[2] + got[3]
     assert [r.value for r in served] == [r.value for r in expected]  # bit for bit: torch on one thread there too
-    assert [(r.session, r.seq, r.step, r.modalities) for r in served] == \
-           [(r.session, r.seq, r.step, r.modalities) for r in expected]
+    assert [(r.session, r.seq, r.step, r.modalities, r.rho) for r in served] == \
+           [(r.session, r.seq, r.step, r.modalities, r.rho) for r in expected]
+    assert served[-1].rho is not None
     np.testing.assert_array_equal(served[-1].context, expected[-1].context)
 
 

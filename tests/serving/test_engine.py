@@ -13,10 +13,11 @@ from grf_stream.serving.engine import FusionService, FusionState, LocalFusion, S
 SIZES = {"text": 12, "audio": 5, "vision": 8}
 
 
-@pytest.fixture
-def model():
+@pytest.fixture(params=[{}, {"readout": "text", "readout_weight": 0.4}], ids=["grf", "readout"])
+def model(request):
+    """The paper's head alone, and with the read-out of (10), whose rho a session carries too."""
     torch.manual_seed(0)
-    return GRF(GRFConfig(modalities=SIZES, d_model=32, num_layers=2, num_heads=2, d_ffn=64)).eval()
+    return GRF(GRFConfig(modalities=SIZES, d_model=32, num_layers=2, num_heads=2, d_ffn=64, **request.param)).eval()
 
 
 def window(rng, modality, steps):

@@ -11,6 +11,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from grf_stream.checkpoint import load_model
 from grf_stream.config import load_config
 from grf_stream.data import load_split
+from stores import MEDIA, text_store
 from trainer import evaluate, train
 from trainer.config import TrainConfig
 
@@ -94,26 +95,6 @@ def test_windowed_training_and_evaluate_prints_the_table_and_every_order(tmp_pat
     table = capsys.readouterr().out
     assert "text-audio-vision" in table and "vision-audio-text" in table
     assert len(json.loads((tmp_path / "m.json").read_text())) == 6
-
-
-MEDIA = Path(__file__).resolve().parents[3] / "shared" / "data" / "media"
-
-
-def text_store(root: Path) -> Path:
-    """A store of text features alone (the extractor's spec), labels from the mean of the rows."""
-    from grf_stream.data import FeatureStore
-    from grf_stream.features import feature_spec
-
-    store = FeatureStore.create(root, feature_spec(("text",)))
-    rng, rows = np.random.default_rng(0), []
-    for i, split in enumerate(["train"] * 48 + ["valid"] * 16 + ["test"] * 16):
-        features = rng.normal(size=(int(rng.integers(3, 9)), 384)).astype(np.float32)
-        store.write_features(f"u{i}", {"text": features})
-        start = 1.5 + 3.0 * (i % 8)  # 8 utterances a video, 3 s apart, each 2 s long
-        rows.append({"id": f"u{i}", "split": split, "label": float(np.clip(8 * features[:, :4].mean(), -3, 3)),
-                     "video_id": f"video{i // 8}", "start": start, "end": start + 2.0})
-    store.write_index(rows)
-    return root
 
 
 @pytest.mark.skipif(not MEDIA.is_dir(), reason="needs ../shared/data/media (the distractor recordings)")
