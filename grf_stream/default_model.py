@@ -1,8 +1,9 @@
 """The model `python -m grf_stream.serve` runs when it is given no checkpoint.
 
 The checkpoint shipped inside the package (`grf_stream/models/default.pt`, trained by
-configs/train/mosi_live.yaml, with the text read-out of `python -m trainer.readout`); without it (a source tree where it was deleted) an UNTRAINED GRF
-over the extractors' features, built from a fixed seed, so that the server still runs end to end.
+configs/train/mosi_live.yaml, then given the text read-out of `python -m trainer.readout`);
+without it (a source tree where it was deleted) an UNTRAINED GRF over the extractors' features,
+built from a fixed seed, so that the server still runs end to end.
 Its predictions carry no meaning, and the server says so when it starts.
 
 A training run's best checkpoint becomes the shipped one with

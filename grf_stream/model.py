@@ -26,10 +26,10 @@ Two variants for streams that run for minutes (chosen in `__init__` like the oth
 
 A read-out beside the head (`readout: r`, the transcript in a live stream):
     (10) y_k = (1 - lam) Head(h_k) + lam * rho_k,  rho_k = w_r . MaskedMean_t(X_r) + b_r, read from
-         the latest window of modality r (rho_0, learned, before the first one). It carries the
-         latest phrase as such from one phrase to the next, where the context also fuses every
-         audio and video window between them; a linear read-out of the pooled text reads it as
-         well as the fused context does, and the two err differently (README, "Reading it").
+         the latest window of modality r (rho_0, a weight of its own, before the first one). It
+         holds the latest phrase as it was said until the next one, while the context also fuses
+         every audio and video window between them; the two readings err differently, and their
+         blend beats either (README, "Reading it"; trainer/readout.py fits it onto a trained GRF).
 
 N_m is the identity, or with `feature_norm` a standardisation (X_m - mu_m) / sigma_m whose
 statistics the trainer measures on the training data and the checkpoint keeps: raw extractor

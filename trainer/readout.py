@@ -1,7 +1,7 @@
-"""Give a trained GRF the read-out of (10): the text ridge beside its head, blended by a weight chosen on validation.
+"""Give a trained GRF the read-out of (10): the text ridge beside its head, its weight chosen on validation.
 
-    python -m trainer.readout --checkpoint runs/mosi_live/checkpoints/best.pt --out runs/readout/best.pt
-    python -m grf_stream.default_model runs/readout/best.pt      # to ship it
+    python -m trainer.readout --checkpoint runs/mosi_live/checkpoints/best.pt --out readout.pt
+    python -m grf_stream.default_model readout.pt      # to ship it
 
 The read-out is the README's ridge floor: a ridge regression on the mean-pooled features of the
 modality (grf_stream/baselines/ridge.py, fitted on the training split, its penalty chosen by
@@ -56,13 +56,41 @@ def validation_score(model: GRF, with_media: list[Sample], streams) -> dict[str,
 
 def arguments() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a trained GRF, e.g. runs/mosi_live/checkpoints/best.pt")
+    parser.add_argument("--checkpoint", type=Path, required=True,
+                        help="a trained GRF, e.g. runs/mosi_live/checkpoints/best.pt")
     parser.add_argument("--out", type=Path, required=True, help="where the checkpoint with the read-out goes")
     parser.add_argument("--store", default="runs/mosi_text", help="the CMU-MOSI text feature store")
     parser.add_argument("--media", default="../shared/data/media", help="the recordings of the audio and video windows")
     parser.add_argument("--modality", default="text", help="the modality read out (default: the transcript)")
-    parser.add_argument("--weights", type=float, nargs="+", default=WEIGHTS, help="the lam of (10) to choose from")
+    parser.add_argument("--weights", type=blend_weight, nargs="+", default=WEIGHTS,
+                        help="the lam of (10) to choose from, each in (0, 1]")
     return parser
+
+
+def blend_weight(text: str) -> float:
+    """A --weights item: the read-out's share of a prediction."""
+    try:
+        weight = float(text)
+    except ValueError:
+        weight = None
+    if weight is None or not 0 < weight <= 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a weight in (0, 1]: 1 is the read-out alone, e.g. 0.75")
+    return weight
+
+
+def scored_weights(model: GRF, args: argparse.Namespace, ridge: Ridge, start: float, with_media: list[Sample],
+                   streams) -> dict[float, tuple[GRF, dict[str, float]]]:
+    """Each weight of --weights: the blended model and its validation score, a table row printed as it comes."""
+    print("| lam | score | segment MAE | live phrase MAE | held MAE | jitter | flips / 10 min |")
+    print("|---:|---:|---:|---:|---:|---:|---:|")
+    scored = {}
+    for weight in sorted(set(args.weights)):
+        blended = with_readout(model, args.modality, ridge, start, weight)
+        s = validation_score(blended, with_media, streams)
+        scored[weight] = blended, s
+        print(f"| {weight:g} | {s['score']:.4f} | {s['segment_mae']:.3f} | {s['phrase_mae']:.3f} | "
+              f"{s['held_mae']:.3f} | {s['jitter']:.3f} | {s['flips_per_10min']:.2f} |", flush=True)
+    return scored
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -76,16 +104,10 @@ def main(argv: list[str] | None = None) -> None:
     stored = {split: load_split(data, split) for split in ("train", "valid")}
     ridge = fit_on_validation(*(mean_pooled(stored[s], args.modality) for s in ("train", "valid")))
     start = float(np.mean([s.label for s in stored["train"]]))
-    with_media, streams = evaluation_form(stored["valid"], load_distractors(data)), live_streams(args.store, "valid", args.media)
-    print(f"{args.checkpoint} on {args.store} [valid]: ridge alpha {ridge.alpha:g} (by validation MAE), rho_0 {start:+.3f}\n")
-    print("| lam | score | segment MAE | live phrase MAE | held MAE | jitter | flips / 10 min |\n|---:|---:|---:|---:|---:|---:|---:|")
-    scored = {}
-    for weight in sorted(set(args.weights)):
-        blended = with_readout(model, args.modality, ridge, start, weight)
-        scored[weight] = (blended, validation_score(blended, with_media, streams))
-        s = scored[weight][1]
-        print(f"| {weight:g} | {s['score']:.4f} | {s['segment_mae']:.3f} | {s['phrase_mae']:.3f} | {s['held_mae']:.3f} | "
-              f"{s['jitter']:.3f} | {s['flips_per_10min']:.2f} |", flush=True)
+    print(f"{args.checkpoint} on {args.store} [valid]: ridge alpha {ridge.alpha:g} (by validation MAE), "
+          f"rho_0 {start:+.3f}\n")
+    scored = scored_weights(model, args, ridge, start, evaluation_form(stored["valid"], load_distractors(data)),
+                            live_streams(args.store, "valid", args.media))
     best = min(scored, key=lambda w: scored[w][1]["score"])
     blended, score = scored[best]
     metrics = {**payload.get("metrics", {}), "readout_weight": best, "readout_alpha": ridge.alpha,

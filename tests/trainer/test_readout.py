@@ -1,4 +1,4 @@
-"""trainer.readout: the ridge of the text fitted onto a trained GRF as (10)'s read-out, its weight chosen on validation."""
+"""trainer.readout: the text ridge fitted onto a trained GRF as (10)'s read-out, its weight chosen on validation."""
 
 import re
 
@@ -32,7 +32,8 @@ def test_the_text_ridge_becomes_the_readout_its_weight_chosen_by_the_validation_
     scores = {float(w): float(s) for w, s in re.findall(r"^\| ([\d.]+) \| ([\d.]+) \|", printed, re.M)}
     assert set(scores) == {0.2, 0.9}
     chosen = min(scores, key=scores.get)
-    assert blended.config.readout == "text" and blended.config.readout_weight == chosen == payload["metrics"]["readout_weight"]
+    assert blended.config.readout == "text"
+    assert blended.config.readout_weight == chosen == payload["metrics"]["readout_weight"]
     assert payload["metrics"]["mae"] == 1.0  # the run's own metrics ride along
     for name, weight in model.state_dict().items():  # the GRF itself is untouched
         assert torch.equal(blended.state_dict()[name], weight), name
@@ -45,5 +46,8 @@ def test_the_text_ridge_becomes_the_readout_its_weight_chosen_by_the_validation_
     assert_close(read, torch.as_tensor(ridge.predict(valid[0]), dtype=torch.float32), atol=1e-4, rtol=1e-4)
     assert blended.readout.start.item() == pytest.approx(np.mean(train[1]))
 
+    with pytest.raises(SystemExit):  # argparse: "'1.5' is not a weight in (0, 1]"
+        readout.main(["--checkpoint", str(out), "--out", str(tmp_path / "x.pt"), "--weights", "1.5"])
+    assert "is not a weight in (0, 1]" in capsys.readouterr().err
     with pytest.raises(SystemExit, match="has a read-out already"):
         readout.main(["--checkpoint", str(out), "--out", str(tmp_path / "again.pt"), "--store", str(store)])
