@@ -63,11 +63,13 @@ def percentiles(times_ms) -> dict[str, float]:
     return {"p50": float(np.percentile(times_ms, 50)), "p99": float(np.percentile(times_ms, 99))}
 
 
-def model_step_ms(sessions: int = 1, device: str = "cpu", repeats: int = 300, period: float = 0.0) -> dict[str, float]:
+def model_step_ms(sessions: int = 1, device: str = "cpu", repeats: int = 300, period: float = 0.0,
+                  buckets: bool | None = None) -> dict[str, float]:
     """A fusion step of `sessions` sessions in one call of the plain service, one call every `period`
-    seconds (0: back to back): the floor under serving."""
+    seconds (0: back to back): the floor under serving. `buckets`: as FusionService takes it (None:
+    CUDA graphs on a GPU, eager elsewhere)."""
     torch.set_num_threads(1)
-    service = FusionService(served_model(), device)
+    service = FusionService(served_model(), device, buckets=buckets)
     names = [f"s{i}" for i in range(sessions)]
     for name in names:
         service.open(name)
@@ -157,12 +159,18 @@ def hop_ms(repeats: int = 130, period: float = PERIOD_S) -> dict[str, dict[str, 
 
 
 def model_only_table(device: str) -> str:
-    """How batching sessions into one call pays off for the model alone, on this device."""
-    lines = [f"Model only, {device} ({torch.cuda.get_device_name() if device == 'cuda' else platform.machine()}):", "",
-             "| sessions per call | p50 ms | p99 ms | steps/s |", "|---|---|---|---|"]
-    for sessions in (1, 8, 32, 128):
-        r = model_step_ms(sessions, device, repeats=120)
-        lines.append(f"| {sessions} | {r['p50']:.2f} | {r['p99']:.2f} | {r['steps_per_s']:.0f} |")
+    """How batching sessions into one call pays off for the model alone, on this device; on a GPU,
+    eager steps and steps replayed from CUDA graphs (grf_stream/serving/graphs.py) side by side."""
+    ways = {"eager": False, "CUDA graphs": True} if device == "cuda" else {"eager": False}
+    name = torch.cuda.get_device_name() if device == "cuda" else platform.machine()
+    header = " | ".join(f"{way} p50 ms | {way} p99 ms | {way} steps/s" for way in ways)
+    lines = [f"Model only, {device} ({name}):", "", f"| sessions per call | {header} |", "|---|" + "---|---|---|" * len(ways)]
+    for sessions in (1, 8, 32, 128, 1024):
+        cells = []
+        for buckets in ways.values():
+            r = model_step_ms(sessions, device, repeats=120, buckets=buckets)
+            cells.append(f"{r['p50']:.2f} | {r['p99']:.2f} | {r['steps_per_s']:.0f}")
+        lines.append(f"| {sessions} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

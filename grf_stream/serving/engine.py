@@ -22,6 +22,7 @@ import torch
 
 from grf_stream.data.samples import pad
 from grf_stream.model import GRF
+from grf_stream.serving.graphs import BucketedFusion
 
 
 class UnknownSession(KeyError):
@@ -90,7 +91,9 @@ class StepResult:
 class FusionService:
     """Per-session contexts over one GRF model, on CPU or GPU."""
 
-    def __init__(self, model: GRF, device: str = "cpu", threads: int = 1):
+    def __init__(self, model: GRF, device: str = "cpu", threads: int = 1, buckets: bool | None = None):
+        """`buckets`: steps padded to shape buckets (graphs.py), replayed from CUDA graphs on a GPU
+        (None: there, and nowhere else; True elsewhere: the padding alone, what a CPU test checks)."""
         if model.config.init == "sequence":
             raise ValueError("init: sequence is the released code's reproduction mode; a stream needs a "
                              "one-token context (init: pooled or learned)")
@@ -99,6 +102,9 @@ class FusionService:
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.states: dict[str, FusionState] = {}
+        on_gpu = self.device.type == "cuda"
+        bucketed = on_gpu if buckets is None else buckets
+        self.fuse = BucketedFusion(self._fuse, capture=on_gpu) if bucketed else self._fuse
 
     # -- session lifecycle -------------------------------------------------------------------
 
@@ -180,30 +186,36 @@ class FusionService:
         return list(groups.values())
 
     def _run_group(self, group: list[StepRequest]) -> list[StepResult]:
-        modality = group[0].modality
         x, mask = self._pad(group)  # (B, T, d), (B, T)
         states = [self.states[r.session] for r in group]
-        if states[0].context is None:
-            context = self.model.init_context(x, mask, modality)  # (1)-(3)
-            gate = torch.zeros_like(context)
-        else:
-            previous = torch.stack([s.context for s in states])  # already on the device
-            context, gate = self.model.fuse_step(previous, x, mask, modality)  # (4)-(8)
-        rho = self._read_out(states, x, mask, modality)  # (10), None without a read-out
-        values = self.model.predict(context, rho=rho).cpu().numpy()  # (9)
+        first = states[0].context is None
+        previous = None if first else torch.stack([s.context for s in states])  # already on the device
+        context, gate, rho, values = self.fuse(first, group[0].modality, previous, x, mask, self._rhos(states))
+        values = values.cpu().numpy()
         copies = context.cpu().numpy()  # one transfer for the whole group: the front-end's copies
         gates = gate.mean(dim=-1).cpu().numpy()
         rhos = (rho, rho.cpu().numpy()) if rho is not None else ([None] * len(group),) * 2
         return [self._advance(r, s, context[i], copies[i], values[i], gates[i], rhos[0][i], rhos[1][i])
                 for i, (r, s) in enumerate(zip(group, states))]
 
-    def _read_out(self, states: list[FusionState], x: torch.Tensor, mask: torch.Tensor, modality: str):
-        """(B,) each session's read-out of (10) after this window; None for a model without one."""
+    def _fuse(self, first: bool, modality: str, previous: torch.Tensor | None, x: torch.Tensor, mask: torch.Tensor,
+              rho: torch.Tensor | None) -> tuple[torch.Tensor | None, ...]:
+        """One group's step on the device, with no host synchronisation (graphs.py may capture it):
+        (contexts, gates, read-outs or None, predictions)."""
+        if first:
+            context = self.model.init_context(x, mask, modality)  # (1)-(3)
+            gate = torch.zeros_like(context)
+        else:
+            context, gate = self.model.fuse_step(previous, x, mask, modality)  # (4)-(8)
+        rho = self.model.read_out(rho, x, mask, modality)  # (10), None without a read-out
+        return context, gate, rho, self.model.predict(context, rho=rho)  # (9)
+
+    def _rhos(self, states: list[FusionState]) -> torch.Tensor | None:
+        """(B,) each session's read-out of (10) before this step; None for a model without one."""
         if self.model.readout is None:
             return None
         first = self.model.readout.first(1)[0]
-        previous = torch.stack([s.rho if s.rho is not None else first for s in states])
-        return self.model.read_out(previous, x, mask, modality)
+        return torch.stack([s.rho if s.rho is not None else first for s in states])
 
     def _advance(self, request: StepRequest, state: FusionState, context: torch.Tensor, copy: np.ndarray,
                  value, gate, rho: torch.Tensor | None, rho_copy) -> StepResult:

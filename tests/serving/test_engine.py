@@ -232,6 +232,52 @@ def test_on_gpu_served_predictions_equal_forward(model):
         assert_close(torch.tensor(served[s]), expected.step_predictions[0].cpu())
 
 
+def bucketed_against_plain(model, device: str, buckets: bool):
+    """The same rounds of steps (a first step, then later ones; 1 to 6 sessions a call, windows of
+    3 to 40 rows) through a service with shape buckets and one without; both services and their results."""
+    rng = np.random.default_rng(7)
+    services = FusionService(model, device, buckets=buckets), FusionService(model, device, buckets=False)
+    names = [f"s{i}" for i in range(6)]
+    for service in services:
+        for name in names:
+            service.open(name)
+    rounds = [(names[:n], m, rows) for n, m, rows in
+              [(6, "text", 5), (1, "audio", 40), (3, "vision", 3), (6, "text", 17), (1, "audio", 33), (5, "vision", 9)]]
+    results = [[], []]
+    for k, (who, modality, rows) in enumerate(rounds):
+        steps = [request(name, k, modality, window(rng, modality, rows + i)) for i, name in enumerate(who)]
+        for service, got in zip(services, results):
+            got.append(service.step(steps))
+    return services, results
+
+
+def assert_same_results(got, expected):
+    """Predictions, contexts and read-outs within 1e-5."""
+    for field in ("value", "context", "rho"):
+        values = [getattr(r, field) for r in got], [getattr(r, field) for r in expected]
+        if values[1][0] is not None:
+            assert_close(*(torch.tensor(np.array(v)) for v in values), atol=1e-5, rtol=1e-5)
+
+
+def test_steps_padded_to_shape_buckets_equal_the_plain_steps(model):
+    """What a CUDA graph replays (graphs.py), without the capture: the same numbers."""
+    (bucketed, _), (padded, plain) = bucketed_against_plain(model, "cpu", buckets=True)
+    for got, expected in zip(padded, plain):
+        assert_same_results(got, expected)
+        assert [r.rho is None for r in got] == [model.readout is None] * len(got)
+    # sessions and rows padded to powers of two (6 and 5 sessions to 8, 17-22 rows to 32); the two audio
+    # calls, 40 and 33 rows, share one bucket
+    assert sorted((k[2], k[3]) for k in bucketed.fuse.buckets) == [(1, 64), (4, 8), (8, 16), (8, 16), (8, 32)]
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_on_gpu_steps_replay_cuda_graphs_and_equal_eager_steps(model):
+    (graphed, _), (replayed, eager) = bucketed_against_plain(model, "cuda", buckets=True)
+    assert graphed.fuse.buckets and all(b.graph is not None for b in graphed.fuse.buckets.values())
+    for got, expected in zip(replayed, eager):
+        assert_same_results(got, expected)
+
+
 def test_warming_up_leaves_no_session_and_changes_no_prediction(model):
     rng = np.random.default_rng(5)
     steps = [request("s", k, m, window(rng, m, 4)) for k, m in enumerate(["audio", "text", "vision"])]
