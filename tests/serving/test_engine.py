@@ -270,6 +270,18 @@ def test_steps_padded_to_shape_buckets_equal_the_plain_steps(model):
     assert sorted((k[2], k[3]) for k in bucketed.fuse.buckets) == [(1, 64), (4, 8), (8, 16), (8, 16), (8, 32)]
 
 
+def test_a_step_too_large_for_a_bucket_runs_as_it_is(model, monkeypatch):
+    from grf_stream.serving import graphs
+
+    monkeypatch.setattr(graphs, "MAX_WINDOW_VALUES", 8 * 16 * SIZES["text"])  # 8 sessions of 16 text rows
+    (bucketed, _), (padded, plain) = bucketed_against_plain(model, "cpu", buckets=True)
+    for got, expected in zip(padded, plain):
+        assert_same_results(got, expected)
+    # every round but the second text one (8 sessions, 32 rows): it ran without a bucket
+    assert sorted(k[1:4] for k in bucketed.fuse.buckets) == [("audio", 1, 64), ("text", 8, 16), ("vision", 4, 8),
+                                                             ("vision", 8, 16)]
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 def test_on_gpu_steps_replay_cuda_graphs_and_equal_eager_steps(model):
     (graphed, _), (replayed, eager) = bucketed_against_plain(model, "cuda", buckets=True)
