@@ -58,7 +58,7 @@ class BucketedFusion:
         sessions, rows = mask.shape
         if bucket(sessions) * bucket(rows) * x.shape[2] > MAX_WINDOW_VALUES:
             return self.fuse(first, modality, previous, x, mask, rho)
-        key = (first, modality, bucket(sessions), bucket(rows), previous is not None, rho is not None)
+        key = (first, modality, bucket(sessions), bucket(rows), rho is not None)  # a first step has no previous
         entry = self.buckets.get(key) or self._new_bucket(key, previous, x, mask, rho)
         load(entry.inputs, (previous, x, mask, rho))
         if entry.graph is None:
