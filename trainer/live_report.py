@@ -110,6 +110,12 @@ def live_metrics(streams: list[Stream], predictions: list[np.ndarray]) -> dict[s
             "jitter": float(np.concatenate(moves).mean()), "flips_per_10min": 10 * flips / minutes}
 
 
+def live_score(valid_mae: float, live: dict[str, float]) -> float:
+    """What `train.select: live` minimises: the mean of the per-utterance validation MAE and the live
+    replay's phrase and held MAE on the validation videos."""
+    return float(np.mean([valid_mae, live["phrase_mae"], live["held_mae"]]))
+
+
 DRIFT_BINS_S = ((5, 10), (10, 20), (20, 40))
 
 

@@ -26,7 +26,7 @@ from grf_stream.checkpoint import load_model, save_checkpoint
 from grf_stream.data import DataConfig, DistractorConfig, Sample, evaluation_form, load_distractors, load_split
 from grf_stream.model import GRF
 from trainer.evaluate import evaluate_model
-from trainer.live_report import live_metrics, live_streams, replay
+from trainer.live_report import live_metrics, live_score, live_streams, replay
 
 WEIGHTS = (0.25, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9)
 SERVED_ORDER = ["audio", "video", "text"]  # the segment policy: the phrase comes after its audio and video
@@ -51,7 +51,7 @@ def validation_score(model: GRF, with_media: list[Sample], streams) -> dict[str,
     live = live_metrics(streams, replay(model, streams))
     parts = {"segment_mae": segment, "phrase_mae": live["phrase_mae"], "held_mae": live["held_mae"],
              "jitter": live["jitter"], "flips_per_10min": live["flips_per_10min"]}
-    return {"score": float(np.mean([segment, live["phrase_mae"], live["held_mae"]])), **parts}
+    return {"score": live_score(segment, live), **parts}
 
 
 def arguments() -> argparse.ArgumentParser:

@@ -38,7 +38,7 @@ from grf_stream.spec import SPLITS
 from trainer.board import TrainingBoard
 from trainer.config import TrainConfig
 from trainer.evaluate import Evaluation, evaluate_model
-from trainer.live_report import live_metrics, replay
+from trainer.live_report import live_metrics, live_score, replay
 from trainer.steps import (batch_order, batch_windows, fusion_steps, hide_modalities, learning_rate, loss, stream_batch,
                            stream_loss)
 
@@ -295,9 +295,7 @@ def train_func(loop_config: dict) -> None:
 def selection_score(valid: dict[str, float], live: dict[str, float], config: TrainConfig) -> float:
     """What the best checkpoint minimises: validation MAE, or with select=live its mean with the
     live replay's phrase and held MAE on the validation videos."""
-    if config.train.select == "live":
-        return float(np.mean([valid["mae"], live["phrase_mae"], live["held_mae"]]))
-    return valid["mae"]
+    return live_score(valid["mae"], live) if config.train.select == "live" else valid["mae"]
 
 
 @dataclass
