@@ -36,7 +36,9 @@ statistics the trainer measures on the training data and the checkpoint keeps: r
 output goes in at serving time, whatever its scale (MFCCs reach +-400, face geometry is near 1).
 
 DecA and DecB are stacks of post-norm Transformer decoder layers. Padding (mask False) is masked
-in every attention and every mean, so padding a sequence further never changes an output.
+in every attention and every mean, so padding a sequence further never changes an output. In
+training on a CPU their dropout masks are drawn from 16 random bits a value (grf_stream/dropout.py:
+the same law, several times cheaper than torch's).
 
 A context is a set of state tokens: one token (B, d) by default. The reproduction mode of the
 authors' released code (`init: sequence`) starts from the whole first-modality sequence
@@ -56,6 +58,8 @@ from typing import Callable
 import torch
 import torch.nn as nn
 from torch import Tensor
+
+from grf_stream.dropout import with_cheap_dropout
 
 INIT_MODES = ("pooled", "sequence", "learned")
 GFU_MODES = ("attended", "keep")
@@ -237,7 +241,7 @@ def decoder_stack(config: GRFConfig) -> nn.TransformerDecoder:
         batch_first=True,
     )
     # enable_nested_tensor does not exist for decoders; each layer is deep-copied (own weights).
-    return nn.TransformerDecoder(layer, num_layers=config.num_layers)
+    return nn.TransformerDecoder(with_cheap_dropout(layer), num_layers=config.num_layers)
 
 
 # ---------------------------------------------------------------------------------------------

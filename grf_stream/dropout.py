@@ -1,0 +1,107 @@
+"""Dropout drawn cheaply on a CPU, for training: of attention weights and of activations.
+
+`nn.Dropout` and `nn.MultiheadAttention` draw their masks with `bernoulli_`, which on a CPU takes
+every value one at a time from a float generator: about 10 ns a value. For the released shapes
+(a 500-step vision window, 4 heads) that was a third of a training step (BENCHMARKS.md, "Training
+speed"). Attention with dropout also leaves the fused kernels, which have no dropout on a CPU, for
+a math path whose softmax checks every row for being fully masked. Here each value is kept or
+dropped by comparing 16 random bits with a threshold, four values per 64-bit draw, about a tenth
+of the cost. The probability of dropping is p rounded to a multiple of 2^-16 (0.2 becomes
+0.19999695), and what is kept is scaled by the exact inverse of the chance of being kept, so the
+expected output is the same.
+
+Only training on a CPU takes these paths; evaluation, serving and CUDA (whose kernels draw dropout
+on the device) run the torch modules' own code. Parameters and their names are the torch modules',
+so checkpoints are unaffected.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+LANES = 1 << 16  # the values of one 16-bit lane of a random draw
+
+
+def kept(shape: torch.Size, p: float, like: Tensor) -> Tensor:
+    """1 for each value kept, 0 for each dropped (with probability p rounded to a multiple of
+    2^-16), scaled by 1 / P(kept): a tensor of `shape` with like's dtype and device."""
+    numel = shape.numel()
+    draws = torch.empty((numel + 3) // 4, dtype=torch.int64, device=like.device)
+    draws.random_(-(1 << 63), None)  # the full 64-bit range: every 16-bit lane uniform
+    lanes = draws.view(torch.int16)[:numel].view(shape)  # uniform on [-2^15, 2^15)
+    below = round(p * LANES)  # a lane among the lowest `below` values is dropped
+    mask = torch.ge(lanes, below - LANES // 2, out=torch.empty(shape, dtype=like.dtype, device=like.device))
+    return mask.mul_(LANES / (LANES - below))
+
+
+def cheap_here(module: nn.Module, p: float, x: Tensor) -> bool:
+    return module.training and p > 0 and x.device.type == "cpu"
+
+
+class Dropout(nn.Dropout):
+    """`nn.Dropout`, with the cheap mask above while training on a CPU."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not cheap_here(self, self.p, x) or self.inplace:
+            return super().forward(x)
+        return x * kept(x.shape, self.p, x)
+
+
+class Attention(nn.MultiheadAttention):
+    """`nn.MultiheadAttention`, with the cheap dropout above while training on a CPU.
+
+    Handles what the decoder layers pass: batch-first inputs, a bool key padding mask, no attention
+    mask, no weights returned; anything else goes to `nn.MultiheadAttention`."""
+
+    def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
+                need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
+                is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
+        handled = (self.batch_first and self._qkv_same_embed_dim and self.bias_k is None and not need_weights
+                   and attn_mask is None and not is_causal
+                   and (key_padding_mask is None or key_padding_mask.dtype == torch.bool))
+        if not (handled and cheap_here(self, self.dropout, query)):
+            return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask,
+                                   average_attn_weights, is_causal)
+        return self.out_proj(self._attend(*self._project(query, key, value), key_padding_mask)), None
+
+    def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q, k, v as (B, heads, steps, d_head), with one matrix product where the inputs coincide."""
+        d = self.embed_dim
+        weight, bias = self.in_proj_weight, self.in_proj_bias
+        bias = bias if bias is not None else weight.new_zeros(3 * d)
+        if query is key and key is value:  # self-attention
+            q, k, v = F.linear(query, weight, bias).chunk(3, dim=-1)
+        elif key is value:
+            q = F.linear(query, weight[:d], bias[:d])
+            k, v = F.linear(key, weight[d:], bias[d:]).chunk(2, dim=-1)
+        else:
+            q, k, v = (F.linear(x, w, b) for x, w, b in zip((query, key, value), weight.chunk(3), bias.chunk(3)))
+        return tuple(t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2) for t in (q, k, v))
+
+    def _attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
+        """softmax(q k^T / sqrt(d_head)) over the real keys, dropped out, times v: (B, steps, d)."""
+        scores = (q * self.head_dim ** -0.5) @ k.transpose(-2, -1)  # (B, heads, L, S)
+        real = None  # (B, 1, 1, 1): 0 for a sample with no key at all
+        if key_padding_mask is not None:
+            empty = key_padding_mask.all(dim=1)  # (B,)
+            if empty.any():  # weights 0, as nn.MultiheadAttention gives, with no NaN to backpropagate
+                key_padding_mask, real = key_padding_mask & ~empty[:, None], (~empty).to(q.dtype)[:, None, None, None]
+            # Adding 0 or -inf is several times faster than masked_fill on a CPU.
+            scores = scores + torch.zeros_like(key_padding_mask, dtype=q.dtype).masked_fill_(
+                key_padding_mask, float("-inf"))[:, None, None, :]
+        weights = torch.softmax(scores, dim=-1)
+        if real is not None:
+            weights = weights * real
+        return (weights * kept(weights.shape, self.dropout, weights) @ v).transpose(1, 2).flatten(2)
+
+
+def with_cheap_dropout(layer: nn.TransformerDecoderLayer) -> nn.TransformerDecoderLayer:
+    """The layer's attention and dropout modules as the classes above: the same modules, with their
+    weights as initialised, and a cheaper dropout in CPU training."""
+    for attention in (layer.self_attn, layer.multihead_attn):
+        attention.__class__ = Attention
+    for dropout in (layer.dropout, layer.dropout1, layer.dropout2, layer.dropout3):
+        dropout.__class__ = Dropout
+    return layer
