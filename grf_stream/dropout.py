@@ -37,7 +37,8 @@ def kept(shape: torch.Size, p: float, like: Tensor) -> Tensor:
 
 
 def cheap_here(module: nn.Module, p: float, x: Tensor) -> bool:
-    return module.training and p > 0 and x.device.type == "cpu"
+    """Whether a module draws its dropout here: training, on a CPU, with something to drop and keep."""
+    return module.training and 0 < p < 1 and x.device.type == "cpu"
 
 
 class Dropout(nn.Dropout):

@@ -40,6 +40,7 @@ def test_dropout_in_training_only():
     assert 0.25 < (out == 0).float().mean().item() < 0.35
     assert_close(out[out != 0], (x / (1 - round(0.3 * 65536) / 65536))[out != 0])
     assert torch.equal(dropout.eval()(x), x)
+    assert torch.equal(Dropout(1.0).train()(x), torch.zeros_like(x))  # nothing to keep: torch's own
 
 
 def pair(seed: int = 0) -> tuple[nn.MultiheadAttention, Attention]:
