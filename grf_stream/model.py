@@ -38,7 +38,7 @@ output goes in at serving time, whatever its scale (MFCCs reach +-400, face geom
 DecA and DecB are stacks of post-norm Transformer decoder layers. Padding (mask False) is masked
 in every attention and every mean, so padding a sequence further never changes an output. In
 training on a CPU their dropout masks are drawn from 16 random bits a value (grf_stream/dropout.py:
-the same law, several times cheaper than torch's).
+p rounded to a multiple of 2^-16, several times cheaper than torch's bernoulli_).
 
 A context is a set of state tokens: one token (B, d) by default. The reproduction mode of the
 authors' released code (`init: sequence`) starts from the whole first-modality sequence
