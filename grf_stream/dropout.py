@@ -53,32 +53,35 @@ class Dropout(nn.Dropout):
 class Attention(nn.MultiheadAttention):
     """`nn.MultiheadAttention`, with the cheap dropout above while training on a CPU.
 
-    Handles what the decoder layers pass: batch-first inputs, a bool key padding mask, no attention
-    mask, no weights returned; anything else goes to `nn.MultiheadAttention`."""
+    Handles what the decoder layers pass: batch-first inputs with biases, keys that are the values
+    (self- or cross-attention), a bool key padding mask, no attention mask, no weights returned;
+    anything else goes to `nn.MultiheadAttention`."""
 
     def forward(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None = None,
                 need_weights: bool = True, attn_mask: Tensor | None = None, average_attn_weights: bool = True,
                 is_causal: bool = False) -> tuple[Tensor, Tensor | None]:
-        handled = (self.batch_first and self._qkv_same_embed_dim and self.bias_k is None and not need_weights
-                   and attn_mask is None and not is_causal
-                   and (key_padding_mask is None or key_padding_mask.dtype == torch.bool))
-        if not (handled and cheap_here(self, self.dropout, query)):
+        if not (self.handles(key, value, key_padding_mask, need_weights, attn_mask, is_causal)
+                and cheap_here(self, self.dropout, query)):
             return super().forward(query, key, value, key_padding_mask, need_weights, attn_mask,
                                    average_attn_weights, is_causal)
-        return self.out_proj(self._attend(*self._project(query, key, value), key_padding_mask)), None
+        return self.out_proj(self._attend(*self._project(query, key), key_padding_mask)), None
 
-    def _project(self, query: Tensor, key: Tensor, value: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """q, k, v as (B, heads, steps, d_head), with one matrix product where the inputs coincide."""
-        d = self.embed_dim
-        weight, bias = self.in_proj_weight, self.in_proj_bias
-        bias = bias if bias is not None else weight.new_zeros(3 * d)
-        if query is key and key is value:  # self-attention
+    def handles(self, key: Tensor, value: Tensor, key_padding_mask: Tensor | None, need_weights: bool,
+                attn_mask: Tensor | None, is_causal: bool) -> bool:
+        """Whether a call is one that `_project` and `_attend` compute as nn.MultiheadAttention would."""
+        return (self.batch_first and self._qkv_same_embed_dim and self.in_proj_bias is not None
+                and self.bias_k is None and key is value and not need_weights and attn_mask is None
+                and not is_causal and (key_padding_mask is None or key_padding_mask.dtype == torch.bool))
+
+    def _project(self, query: Tensor, memory: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """q from the query, k and v from the memory (the keys and values), as (B, heads, steps, d_head);
+        one matrix product for self-attention."""
+        d, weight, bias = self.embed_dim, self.in_proj_weight, self.in_proj_bias
+        if query is memory:
             q, k, v = F.linear(query, weight, bias).chunk(3, dim=-1)
-        elif key is value:
-            q = F.linear(query, weight[:d], bias[:d])
-            k, v = F.linear(key, weight[d:], bias[d:]).chunk(2, dim=-1)
         else:
-            q, k, v = (F.linear(x, w, b) for x, w, b in zip((query, key, value), weight.chunk(3), bias.chunk(3)))
+            q = F.linear(query, weight[:d], bias[:d])
+            k, v = F.linear(memory, weight[d:], bias[d:]).chunk(2, dim=-1)
         return tuple(t.unflatten(-1, (self.num_heads, self.head_dim)).transpose(1, 2) for t in (q, k, v))
 
     def _attend(self, q: Tensor, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> Tensor:
