@@ -29,7 +29,6 @@ from trainer.evaluate import evaluate_model
 from trainer.live_report import live_metrics, live_score, live_streams, replay
 
 WEIGHTS = (0.25, 0.5, 0.6, 0.7, 0.75, 0.8, 0.9)
-SERVED_ORDER = ["audio", "video", "text"]  # the segment policy: the phrase comes after its audio and video
 
 
 def with_readout(model: GRF, modality: str, ridge: Ridge, start: float, weight: float) -> GRF:
@@ -47,7 +46,8 @@ def with_readout(model: GRF, modality: str, ridge: Ridge, start: float, weight: 
 
 def validation_score(model: GRF, with_media: list[Sample], streams) -> dict[str, float]:
     """What training's live selection minimises, and its parts, on the validation split."""
-    segment = evaluate_model(model, with_media, SERVED_ORDER, split="valid").metrics["mae"]
+    # The model's own order, as training's validation runs it (the default's: audio, video, then the phrase).
+    segment = evaluate_model(model, with_media, model.config.order, split="valid").metrics["mae"]
     live = live_metrics(streams, replay(model, streams))
     parts = {"segment_mae": segment, "phrase_mae": live["phrase_mae"], "held_mae": live["held_mae"],
              "jitter": live["jitter"], "flips_per_10min": live["flips_per_10min"]}
